@@ -1,0 +1,306 @@
+// Package hypervisor is the contract between the backup engine and a
+// hypervisor: everything vmbackup needs from a platform that runs virtual
+// machines, and nothing more.
+//
+// # Shape
+//
+// The required interface, [Hypervisor], lists VMs and takes snapshots. A
+// [Snapshot] opens its disks for reading as [Disk] values (an io.ReaderAt with
+// a size). Everything else is optional and found by type assertion, the way
+// io.WriterTo is:
+//
+//   - [ExtentReporter] on a Disk: which byte ranges are allocated, so holes
+//     are never read.
+//   - [ChangeTracker] on a Disk: changed block tracking (CBT). Which ranges
+//     changed since an earlier snapshot's token, and this snapshot's token.
+//   - [PowerController] on a Hypervisor: graceful shutdown, forced power off,
+//     start.
+//   - [DiskWriter] on a Hypervisor: open an existing VM's disk for writing
+//     (restore in place). The returned [WritableDisk] may also implement
+//     [ChangeReporter] so that only changed ranges are rewritten.
+//   - [Creator] on a Hypervisor: create a new VM (rebuild).
+//
+// A backend that lacks an ability simply does not implement its interface;
+// the engine then falls back (full reads, hash-based incrementals) or reports
+// [ErrUnsupported] to the caller.
+//
+// # Errors
+//
+// Backends wrap their errors with context (fmt.Errorf("...: %w", err)) and
+// wrap one of the sentinels below where the caller must branch on the class:
+// [ErrNotFound], [ErrUnsupported], [ErrConflict], [ErrTokenInvalid]. A
+// cancelled context makes every method return an error that wraps ctx.Err().
+//
+// # Conformance
+//
+// Package hypervisortest holds the conformance suite that every
+// implementation, fakes included, must pass. Third-party backends can run it
+// too.
+package hypervisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+)
+
+// Sentinel errors. Backends wrap them; callers test with errors.Is.
+var (
+	// ErrNotFound: the VM, disk or snapshot does not exist.
+	ErrNotFound = errors.New("hypervisor: not found")
+	// ErrUnsupported: the backend cannot do what was asked (a consistency
+	// mode, an option, an operation).
+	ErrUnsupported = errors.New("hypervisor: unsupported")
+	// ErrConflict: the object is in a state that forbids the operation (a
+	// running VM's disk opened for writing, a VM busy with another task, a
+	// name already taken). Retrying later may succeed.
+	ErrConflict = errors.New("hypervisor: conflict")
+	// ErrTokenInvalid: a change token is no longer honoured (tracking was
+	// reset, the VM stopped uncleanly, the disk was resized, the token was
+	// pruned or never issued by this hypervisor). The engine answers it with
+	// a full backup and records why; it is never a reason to fail a job.
+	ErrTokenInvalid = errors.New("hypervisor: change token invalid")
+)
+
+// PowerState is a VM's power state.
+type PowerState string
+
+// Power states. Backends map their own states onto these; anything else is
+// PowerUnknown.
+const (
+	PowerRunning   PowerState = "running"
+	PowerStopped   PowerState = "stopped"
+	PowerSuspended PowerState = "suspended"
+	PowerUnknown   PowerState = "unknown"
+)
+
+// Consistency says how consistent a snapshot's disks are with each other and
+// with the guest's file systems.
+type Consistency string
+
+// Consistency levels.
+const (
+	// CrashConsistent: all disks captured at one instant, as if the power
+	// had been cut. Every backend must offer it.
+	CrashConsistent Consistency = "crash"
+	// ApplicationConsistent: the guest flushed and froze its file systems
+	// (guest agent / guest tools) before the disks were captured.
+	ApplicationConsistent Consistency = "application"
+)
+
+// VM describes a virtual machine in hypervisor-neutral terms, plus the
+// hypervisor's own configuration in Raw for a faithful rebuild on the same
+// kind of hypervisor.
+type VM struct {
+	ID       string            `json:"id"`
+	Name     string            `json:"name"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	CPUs     int               `json:"cpus"`
+	MemoryB  int64             `json:"memory_bytes"`
+	Firmware string            `json:"firmware,omitempty"` // "bios" or "uefi"; empty if unknown
+	Power    PowerState        `json:"power"`
+	Disks    []DiskInfo        `json:"disks"`
+	NICs     []NIC             `json:"nics,omitempty"`
+	// Placement is where the VM runs (cluster, host, storage), as far as the
+	// hypervisor has such notions.
+	Placement Placement `json:"placement,omitzero"`
+	// Raw is the hypervisor's own description of the VM, opaque to the
+	// engine; it is stored in restore points and handed back to Creator.
+	Raw json.RawMessage `json:"raw,omitempty"`
+}
+
+// DiskInfo describes one disk of a VM.
+type DiskInfo struct {
+	// ID is stable for the life of the disk and unique within the VM; it is
+	// what OpenDisk, OpenDiskForWrite and change tokens refer to.
+	ID   string `json:"id"`
+	Name string `json:"name,omitempty"`
+	// Size is the disk's virtual size in bytes.
+	Size int64 `json:"size"`
+	// Bus is the controller ("virtio", "scsi", "ide", "sata"); informative.
+	Bus string `json:"bus,omitempty"`
+	// BootOrder is 1 for the first boot device; 0 means not bootable.
+	BootOrder int `json:"boot_order,omitempty"`
+}
+
+// NIC describes one network interface of a VM.
+type NIC struct {
+	ID    string `json:"id,omitempty"`
+	MAC   string `json:"mac,omitempty"`
+	Model string `json:"model,omitempty"` // "virtio", "e1000", ...
+	// Network names what the NIC is connected to (a VLAN id, a bridge, a
+	// network name), in the hypervisor's terms.
+	Network   string `json:"network,omitempty"`
+	Connected bool   `json:"connected"`
+}
+
+// Placement says where a VM runs or should be created. Empty fields mean
+// "wherever the hypervisor chooses".
+type Placement struct {
+	Cluster string `json:"cluster,omitempty"`
+	Host    string `json:"host,omitempty"`
+	Storage string `json:"storage,omitempty"`
+}
+
+// Extent is a byte range of a disk: [Offset, Offset+Length).
+type Extent struct {
+	Offset int64 `json:"offset"`
+	Length int64 `json:"length"`
+}
+
+// End returns the first byte after the extent.
+func (e Extent) End() int64 { return e.Offset + e.Length }
+
+// Hypervisor is the required part of the contract: find VMs and snapshot
+// them. Implementations must be safe for concurrent use.
+type Hypervisor interface {
+	// ListVMs returns every VM the backend can back up, in any order.
+	ListVMs(ctx context.Context) ([]VM, error)
+	// VM returns one VM by id; an unknown id gives an error wrapping
+	// ErrNotFound.
+	VM(ctx context.Context, id string) (VM, error)
+	// Snapshot captures all of the VM's disks at one instant. It returns
+	// ErrNotFound for an unknown VM. If opts asks for application
+	// consistency and the guest cannot be quiesced, it returns an error
+	// wrapping ErrUnsupported unless opts.AllowCrashFallback is set, in which
+	// case it takes a crash-consistent snapshot and says why in
+	// SnapshotInfo.Note. The caller must Release the snapshot on every path.
+	Snapshot(ctx context.Context, vmID string, opts SnapshotOptions) (Snapshot, error)
+}
+
+// SnapshotOptions asks for a kind of snapshot.
+type SnapshotOptions struct {
+	// Consistency asked for; the zero value means CrashConsistent.
+	Consistency Consistency
+	// AllowCrashFallback lets an application-consistent request fall back
+	// to crash consistency when the guest cannot be quiesced.
+	AllowCrashFallback bool
+	// Name is a label for the snapshot where the hypervisor shows one.
+	Name string
+}
+
+// SnapshotInfo describes a taken snapshot.
+type SnapshotInfo struct {
+	ID string
+	// VM is the VM's configuration as frozen in the snapshot; its Disks are
+	// the disks OpenDisk can open.
+	VM VM
+	// Consistency is what was actually taken.
+	Consistency Consistency
+	// Note says why the consistency differs from what was asked, if it does.
+	Note string
+}
+
+// Snapshot is a point-in-time image of all of a VM's disks. Reads see the
+// disks exactly as they were when the snapshot was taken, whatever the guest
+// writes afterwards.
+type Snapshot interface {
+	Info() SnapshotInfo
+	// OpenDisk opens one of the snapshot's disks for reading. An unknown
+	// disk id gives ErrNotFound. Several disks may be open at once, and a
+	// Disk's ReadAt may be called concurrently.
+	OpenDisk(ctx context.Context, diskID string) (Disk, error)
+	// Release frees the snapshot and everything it holds on the hypervisor.
+	// It must be called on every path; calling it again is harmless and
+	// returns nil. Disks opened from the snapshot must not be used after.
+	// Release should work even if ctx is already cancelled, so that cleanup
+	// after cancellation does not leak (use context.WithoutCancel inside if
+	// needed).
+	Release(ctx context.Context) error
+}
+
+// Disk is a snapshot's disk opened for reading.
+type Disk interface {
+	io.ReaderAt
+	// Size is the disk's size in bytes. ReadAt beyond it returns io.EOF.
+	Size() int64
+	Close() error
+}
+
+// ExtentReporter is implemented by a Disk that knows which ranges hold data.
+// Ranges not reported read as zeros, so the engine skips them. Reporting
+// too much is allowed (at worst zeros are read); missing a non-zero byte is
+// a bug. Extents are sorted, non-overlapping and within Size.
+type ExtentReporter interface {
+	AllocatedExtents(ctx context.Context) ([]Extent, error)
+}
+
+// ChangeReporter reports the ranges of a disk that may differ from what it
+// was when the snapshot that issued token was taken. It may over-report (at
+// its tracking granularity) but never miss a write. A token it does not
+// honour gives an error wrapping ErrTokenInvalid. Extents are sorted,
+// non-overlapping and within the disk's size.
+type ChangeReporter interface {
+	ChangedExtents(ctx context.Context, token string) ([]Extent, error)
+}
+
+// ChangeTracker is implemented by a snapshot Disk with changed block
+// tracking. ChangeToken is the token that names this snapshot's state of the
+// disk; a later snapshot's ChangedExtents(ctx, token) reports what changed
+// since. A token stays valid whether or not snapshots taken after it were
+// backed up successfully, so a failed backup never makes the next
+// incremental miss changes. An empty ChangeToken means tracking is not
+// active for this disk (the next backup will be full).
+type ChangeTracker interface {
+	ChangeReporter
+	ChangeToken() string
+}
+
+// PowerController controls a VM's power. Each method waits until the VM
+// has reached the state (or ctx ends) and is a no-op if it is already there.
+type PowerController interface {
+	// Shutdown asks the guest to shut down and waits until it is off.
+	Shutdown(ctx context.Context, vmID string) error
+	// PowerOff cuts the power.
+	PowerOff(ctx context.Context, vmID string) error
+	// Start powers the VM on.
+	Start(ctx context.Context, vmID string) error
+}
+
+// DiskWriter opens an existing VM's disk for writing. The VM must be
+// stopped, else the error wraps ErrConflict.
+type DiskWriter interface {
+	OpenDiskForWrite(ctx context.Context, vmID, diskID string) (WritableDisk, error)
+}
+
+// WritableDisk is a VM disk opened for writing. ReadAt returns what the disk
+// will hold after Close given the writes so far, so a restore can compare
+// before writing. Writes beyond Size fail. Nothing is guaranteed durable or
+// visible to the VM until Flush or Close returns nil. It may implement
+// ChangeReporter (changes since a token issued by a snapshot of this disk)
+// so that a restore rewrites only what changed.
+type WritableDisk interface {
+	io.ReaderAt
+	io.WriterAt
+	Size() int64
+	Flush(ctx context.Context) error
+	// Close flushes and releases the disk; an error means the disk's content
+	// is undefined.
+	Close() error
+}
+
+// Creator creates new VMs (rebuild).
+type Creator interface {
+	// CreateVM creates a stopped VM from spec with new, zero-filled disks
+	// of the requested sizes, and returns it with its disks' ids in the
+	// order of spec.Disks. A name already in use may give ErrConflict.
+	CreateVM(ctx context.Context, spec CreateSpec) (VM, error)
+}
+
+// CreateSpec describes a VM to create. It is usually a restore point's VM
+// with overrides applied.
+type CreateSpec struct {
+	Name      string
+	CPUs      int
+	MemoryB   int64
+	Firmware  string
+	Placement Placement
+	// Disks to create, zero-filled, in order; their IDs are ignored.
+	Disks []DiskInfo
+	// NICs to create. A NIC with Connected false is created disconnected.
+	NICs []NIC
+	// Raw is the source VM's own configuration (VM.Raw), if any; backends
+	// may use it to reproduce details the neutral fields do not carry.
+	Raw json.RawMessage
+}
