@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/vmbackup/vmbackup/hypervisor"
 )
 
@@ -113,6 +114,15 @@ func testChangesRandom(t *testing.T, e *env) {
 	if err := s.Release(e.ctx); err != nil { // tokens outlive their snapshot
 		t.Fatalf("Release: %v", err)
 	}
+	// The previous round's snapshot stays open through the next round's
+	// writes: what it reports must not change with them.
+	type answer struct {
+		ct   hypervisor.ChangeTracker
+		tok  string
+		ext  []hypervisor.Extent
+		snap hypervisor.Snapshot
+	}
+	var prev []answer
 	const rounds = 8
 	for round := 1; round <= rounds; round++ {
 		for range 1 + e.rng.IntN(12) {
@@ -125,6 +135,21 @@ func testChangesRandom(t *testing.T, e *env) {
 			for _, m := range marks {
 				m.wrote(d, off, len(p))
 			}
+		}
+		for _, a := range prev {
+			ext, err := a.ct.ChangedExtents(e.ctx, a.tok)
+			if err != nil {
+				t.Fatalf("round %d: ChangedExtents of the previous snapshot: %v", round, err)
+			}
+			if diff := cmp.Diff(a.ext, ext); diff != "" {
+				t.Errorf("round %d: ChangedExtents of the previous snapshot changed with writes made after it (-before +after):\n%s", round, diff)
+			}
+		}
+		if len(prev) > 0 {
+			if err := prev[0].snap.Release(e.ctx); err != nil {
+				t.Fatalf("Release: %v", err)
+			}
+			prev = nil
 		}
 		s := e.snapshot(t, vm.ID, hypervisor.SnapshotOptions{})
 		if round < rounds && e.rng.IntN(3) == 0 {
@@ -155,10 +180,15 @@ func testChangesRandom(t *testing.T, e *env) {
 		if t.Failed() {
 			t.FailNow()
 		}
-		marks = append(marks, newMark(what, cts, sh))
-		if err := s.Release(e.ctx); err != nil {
-			t.Fatalf("Release: %v", err)
+		for i, ct := range cts {
+			tok := marks[len(marks)-1].tokens[i]
+			ext, err := ct.ChangedExtents(e.ctx, tok)
+			if err != nil {
+				t.Fatalf("%s: ChangedExtents: %v", what, err)
+			}
+			prev = append(prev, answer{ct: ct, tok: tok, ext: ext, snap: s})
 		}
+		marks = append(marks, newMark(what, cts, sh))
 	}
 }
 
