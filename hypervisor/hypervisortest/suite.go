@@ -29,6 +29,7 @@ const SeedEnv = "HYPERVISORTEST_SEED"
 //	NotFound                   unknown VMs and disks give ErrNotFound everywhere
 //	Snapshot/Info              ids, frozen VM description, consistency taken
 //	Snapshot/Isolation         writes before a snapshot are in it, writes after are not
+//	Snapshot/WritesDuringReads concurrent reads of a snapshot while the guest writes
 //	Snapshot/Release           Release twice, Release with a cancelled context, no leaks
 //	Snapshot/Consistency       application consistency works or gives ErrUnsupported / falls back with a Note
 //	ReadAt/Semantics           io.ReaderAt rules at and past the end, unaligned reads

@@ -125,6 +125,7 @@ func testNotFound(t *testing.T, e *env) {
 func testSnapshot(t *testing.T, e *env) {
 	e.run(t, "Info", func(t *testing.T) { testSnapshotInfo(t, e) })
 	e.run(t, "Isolation", func(t *testing.T) { testSnapshotIsolation(t, e) })
+	e.run(t, "WritesDuringReads", func(t *testing.T) { testSnapshotWritesDuringReads(t, e) })
 	e.run(t, "Release", func(t *testing.T) { testSnapshotRelease(t, e) })
 	e.run(t, "Consistency", func(t *testing.T) { testSnapshotConsistency(t, e) })
 }
@@ -201,6 +202,59 @@ func testSnapshotIsolation(t *testing.T, e *env) {
 	e.checkSnapshotContent(t, "second snapshot after the first was released", s2, vm, want2)
 	s3 := e.snapshot(t, vm.ID, hypervisor.SnapshotOptions{})
 	e.checkSnapshotContent(t, "third snapshot", s3, vm, sh)
+}
+
+// testSnapshotWritesDuringReads reads a snapshot from several goroutines
+// while the guest writes on: every read sees the content at the snapshot.
+func testSnapshotWritesDuringReads(t *testing.T, e *env) {
+	const size = 2 * mib
+	vm := e.newVM(t, size)
+	sh := newShadow(vm)
+	for range 6 {
+		off, p := randWrite(e.rng, size)
+		e.write(t, vm, sh, 0, off, p)
+	}
+	s := e.snapshot(t, vm.ID, hypervisor.SnapshotOptions{})
+	d := e.open(t, s, vm.Disks[0].ID)
+	want := sh.disks[0]
+
+	// The writes are drawn before the goroutines start: e.rng is not
+	// safe for concurrent use.
+	type write struct {
+		off int64
+		p   []byte
+	}
+	var writes []write
+	for range 40 {
+		off, p := randWrite(e.rng, size)
+		writes = append(writes, write{off, p})
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, w := range writes {
+			if err := e.h.GuestWrite(e.ctx, vm.ID, vm.Disks[0].ID, w.off, w.p); err != nil {
+				t.Errorf("GuestWrite: %v", err)
+				return
+			}
+		}
+	}()
+	concurrently(4, func(i int) {
+		buf := make([]byte, 128*kib)
+		for pass := 0; pass < 2; pass++ {
+			for off := int64(i) * int64(len(buf)); off < size; off += 4 * int64(len(buf)) {
+				n, err := d.ReadAt(buf, off)
+				if n != len(buf) || (err != nil && err != io.EOF) {
+					t.Errorf("ReadAt(%d bytes at %d) = %d, %v", len(buf), off, n, err)
+					return
+				}
+				compareBytes(t, fmt.Sprintf("ReadAt(%d bytes at %d) while the guest writes", len(buf), off), buf, want[off:off+int64(n)])
+			}
+		}
+	})
+	<-done
+	d2 := e.open(t, s, vm.Disks[0].ID)
+	compareBytes(t, "snapshot after the guest's writes", readAll(t, "snapshot", d2, size), want)
 }
 
 func fill(n int, b byte) []byte {
