@@ -453,7 +453,7 @@ func testExtents(t *testing.T, e *env) {
 			continue
 		}
 		if miss := uncovered(nonZeroSpans(sh.disks[i]), toSpans(ext)); len(miss) > 0 {
-			t.Errorf("%s = %v miss non-zero bytes at %s", what, ext, fmtSpans(miss))
+			t.Errorf("%s = %s miss non-zero bytes at %s", what, fmtSpans(toSpans(ext)), fmtSpans(miss))
 		}
 		// Bytes outside the extents read as zeros: check that reading
 		// through the extents reproduces the disk.

@@ -81,11 +81,11 @@ func (e *env) checkChanges(t *testing.T, what string, cr hypervisor.ChangeReport
 	}
 	got := toSpans(ext)
 	if miss := uncovered(diffSpans(m.content.disks[i], now), got); len(miss) > 0 {
-		t.Errorf("%s = %v misses changed bytes at %s (writes since: %s)", what, ext, fmtSpans(miss), fmtSpans(mergeSpans(m.writes[i])))
+		t.Errorf("%s = %s misses changed bytes at %s (writes since: %s)", what, fmtSpans(got), fmtSpans(miss), fmtSpans(mergeSpans(m.writes[i])))
 	}
 	if g := e.h.ChangeGranularity(); g > 0 {
 		if extra := uncovered(got, expand(mergeSpans(m.writes[i]), g)); len(extra) > 0 {
-			t.Errorf("%s = %v reports %s, more than granularity %d around the writes since (%s)", what, ext, fmtSpans(extra), g, fmtSpans(mergeSpans(m.writes[i])))
+			t.Errorf("%s = %s reports %s, more than granularity %d around the writes since (%s)", what, fmtSpans(got), fmtSpans(extra), g, fmtSpans(mergeSpans(m.writes[i])))
 		}
 	}
 }
@@ -100,8 +100,9 @@ func testChanges(t *testing.T, e *env) {
 
 // testChangesRandom is the main check of change tracking: rounds of random
 // writes, each followed by a snapshot that must report, for the token of
-// every earlier successful round, every byte changed since. Some rounds
-// play a failed backup: their snapshot is released and its token dropped.
+// every earlier successful round, every byte changed since. Rounds 2, 5
+// and 6 play failed backups: their snapshot is released and its token
+// dropped.
 func testChangesRandom(t *testing.T, e *env) {
 	vm := e.newVM(t, 4*mib, 1*mib)
 	sh := newShadow(vm)
@@ -152,7 +153,7 @@ func testChangesRandom(t *testing.T, e *env) {
 			prev = nil
 		}
 		s := e.snapshot(t, vm.ID, hypervisor.SnapshotOptions{})
-		if round < rounds && e.rng.IntN(3) == 0 {
+		if round == 2 || round == 5 || round == 6 {
 			// A failed backup: the snapshot is opened, partly read and
 			// released; its token is never used.
 			d := e.open(t, s, vm.Disks[0].ID)
