@@ -102,7 +102,8 @@ type Hypervisor struct {
 	mu    sync.Mutex // guards everything below
 	vms   map[string]*vm
 	order []string // VM ids in the order they were added
-	seq   int      // for ids
+	seq   int      // for VM ids
+	snaps int      // for snapshot ids
 	macs  int      // for made-up MAC addresses
 	open  int      // snapshots not released
 

@@ -40,8 +40,9 @@ var ErrInjected = errors.New("fake: injected fault")
 // a release that hangs until its context ends.
 //
 // A call matches when its operation is Op and its VM and disk are VMID and
-// DiskID (an empty VMID or DiskID matches any; calls that concern no disk
-// have DiskID ""). The first After matching calls proceed untouched; the
+// DiskID. An empty VMID or DiskID matches any; calls that concern no VM
+// (ListVMs, CreateVM) or no disk (Snapshot, Release, power) are matched
+// only by an empty VMID or DiskID. The first After matching calls proceed untouched; the
 // next Times matching calls are faulted (Times 0 means once, a negative
 // Times means every matching call from then on). A faulted call first
 // waits Delay (returning the context's error if its context ends first),
@@ -146,5 +147,12 @@ func (h *Hypervisor) hit(ctx context.Context, op Op, vmID, diskID string) error 
 	if err == nil {
 		err = ErrInjected
 	}
-	return fmt.Errorf("fake: %s of vm %q disk %q: %w", op, vmID, diskID, err)
+	where := ""
+	if vmID != "" {
+		where = fmt.Sprintf(" of vm %q", vmID)
+	}
+	if diskID != "" {
+		where += fmt.Sprintf(" disk %q", diskID)
+	}
+	return fmt.Errorf("fake: %s%s: injected fault: %w", op, where, err)
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,7 +61,8 @@ func (h *Hypervisor) Snapshot(ctx context.Context, vmID string, opts hypervisor.
 		return nil, fmt.Errorf("fake: snapshot vm %q: consistency %q: %w", vmID, opts.Consistency, hypervisor.ErrUnsupported)
 	}
 	disks := slices.Clone(v.disks)
-	info.ID = h.newID("snap", func(string) bool { return false })
+	h.snaps++
+	info.ID = "snap-" + strconv.Itoa(h.snaps)
 	h.open++
 	h.mu.Unlock()
 

@@ -148,7 +148,10 @@ func (v *memView) extents() ([]hypervisor.Extent, error) {
 	return out, nil
 }
 
-func (v *memView) release() { v.blocks = nil }
+// release keeps the blocks: a read racing with Release (a caller's bug)
+// must not become a data race in the fake; the memory goes with the
+// snapshot.
+func (v *memView) release() {}
 
 // fileStore keeps a disk in a raw image file. Writes go to the file; before
 // a write overwrites a block, the block's old content is copied into memory
