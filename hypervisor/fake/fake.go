@@ -61,6 +61,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/vmbackup/vmbackup/hypervisor"
 )
@@ -108,6 +109,29 @@ type Hypervisor struct {
 	open  int      // snapshots not released
 
 	faults faults
+	stats  struct{ snapshots, reads, bytesRead, writes, bytesWritten atomic.Int64 }
+}
+
+// Stats counts what callers did through the hypervisor contract; the test's
+// own WriteDisk and ReadDisk calls are not counted. Tests use it to check,
+// for instance, that an incremental backup read only what changed.
+type Stats struct {
+	Snapshots    int64 // snapshots taken
+	Reads        int64 // successful ReadAt calls on snapshot disks
+	BytesRead    int64 // bytes they returned
+	Writes       int64 // successful WriteAt calls on writable disks
+	BytesWritten int64 // bytes they wrote
+}
+
+// Stats returns the counts so far.
+func (h *Hypervisor) Stats() Stats {
+	return Stats{
+		Snapshots:    h.stats.snapshots.Load(),
+		Reads:        h.stats.reads.Load(),
+		BytesRead:    h.stats.bytesRead.Load(),
+		Writes:       h.stats.writes.Load(),
+		BytesWritten: h.stats.bytesWritten.Load(),
+	}
 }
 
 var (

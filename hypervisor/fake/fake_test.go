@@ -134,6 +134,9 @@ func TestSparseHugeDisk(t *testing.T) {
 	if n != 7 || err != io.EOF || string(buf[:7]) != "\x00\x00\x00\x00end" {
 		t.Errorf("ReadAt at the end = %d, %v, %q", n, err, buf[:n])
 	}
+	if got, want := h.Stats(), (fake.Stats{Snapshots: 1, Reads: 1, BytesRead: 7}); got != want {
+		t.Errorf("Stats = %+v, want %+v", got, want)
+	}
 }
 
 func TestTokens(t *testing.T) {
@@ -330,6 +333,9 @@ func TestPowerAndWriters(t *testing.T) {
 	}
 	if err := w.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+	if got, want := h.Stats(), (fake.Stats{Writes: 1, BytesWritten: 3}); got != want {
+		t.Errorf("Stats = %+v, want %+v", got, want)
 	}
 	if _, err := w.WriteAt([]byte("x"), 0); err == nil {
 		t.Error("WriteAt after Close succeeded")

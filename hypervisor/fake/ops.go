@@ -153,6 +153,8 @@ func (w *writableDisk) WriteAt(p []byte, off int64) (int, error) {
 	if err := w.d.write(p, off, w.h.opts.Granularity); err != nil {
 		return 0, fmt.Errorf("fake: write disk %q of vm %q: %w", w.d.id, w.vmID, err)
 	}
+	w.h.stats.writes.Add(1)
+	w.h.stats.bytesWritten.Add(int64(len(p)))
 	return len(p), nil
 }
 

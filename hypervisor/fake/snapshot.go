@@ -82,6 +82,7 @@ func (h *Hypervisor) Snapshot(ctx context.Context, vmID string, opts hypervisor.
 	for _, d := range disks {
 		d.mu.Unlock()
 	}
+	h.stats.snapshots.Add(1)
 	return s, nil
 }
 
@@ -224,7 +225,13 @@ func (d *snapDisk) ReadAt(p []byte, off int64) (int, error) {
 	if err := fd.s.h.hit(context.Background(), OpRead, fd.vmID, fd.d.id); err != nil {
 		return 0, err
 	}
-	return readAtSize(p, off, fd.d.size, fd.view.readAt)
+	n, err := readAtSize(p, off, fd.d.size, fd.view.readAt)
+	if n > 0 {
+		st := &fd.s.h.stats
+		st.reads.Add(1)
+		st.bytesRead.Add(int64(n))
+	}
+	return n, err
 }
 
 // readAtSize implements io.ReaderAt's rules for a disk of the given size
