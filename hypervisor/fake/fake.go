@@ -5,7 +5,7 @@
 //
 // # Disks
 //
-// A disk made by [Hypervisor.AddVM] or [Creator] CreateVM lives in memory
+// A disk made by [Hypervisor.AddVM] or [Hypervisor.CreateVM] lives in memory
 // as a sparse map of 64 KiB blocks: only written blocks take memory, so a
 // 100 GiB disk costs nothing until written, and writing a whole block of
 // zeros frees it. A disk made by [Hypervisor.AddFileVM] is a raw image
@@ -46,9 +46,19 @@
 // application-consistent snapshot gives ErrUnsupported, or, with
 // AllowCrashFallback, a crash-consistent snapshot with a Note saying why.
 //
-// # Faults
+// # Observing the caller
 //
-// [Hypervisor.Inject] makes chosen calls fail or wait; see [Fault].
+// [Hypervisor.Inject] makes chosen calls fail or wait; see [Fault] and
+// [Hypervisor.PendingFaults]. [Hypervisor.Stats] counts snapshots, reads
+// and writes made through the contract, and [Hypervisor.OpenSnapshots] the
+// snapshots not released, so a test can assert that an incremental backup
+// read only what changed and that nothing leaked.
+//
+// # Conformance
+//
+// The fake passes package hypervisortest's suite in all its modes (in
+// memory, file-backed, with and without change tracking and extents) under
+// the race detector; its test file shows the harness.
 package fake
 
 import (
