@@ -42,12 +42,15 @@ var ErrInjected = errors.New("fake: injected fault")
 // A call matches when its operation is Op and its VM and disk are VMID and
 // DiskID. An empty VMID or DiskID matches any; calls that concern no VM
 // (ListVMs, CreateVM) or no disk (Snapshot, Release, power) are matched
-// only by an empty VMID or DiskID. The first After matching calls proceed untouched; the
-// next Times matching calls are faulted (Times 0 means once, a negative
-// Times means every matching call from then on). A faulted call first
-// waits Delay (returning the context's error if its context ends first),
-// then fails with an error wrapping Err — or with ErrInjected if Err is
-// nil and Delay is zero. A fault with a nil Err and a Delay only delays.
+// only by an empty VMID or DiskID.
+//
+// The first After matching calls proceed untouched; the next Times
+// matching calls are faulted (Times 0 means once, a negative Times means
+// every matching call from then on). A faulted call first waits Delay
+// (returning the context's error if its context ends first; calls without
+// a context, such as ReadAt, WriteAt and Close, just wait), then fails
+// with an error wrapping Err, or with ErrInjected if Err is nil and Delay
+// is zero. A fault with a nil Err and a Delay only delays.
 //
 // Where several faults match a call, each counts it, and the first
 // injected one that is due applies.
