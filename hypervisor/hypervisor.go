@@ -291,8 +291,8 @@ type ExtentReporter interface {
 // was when the snapshot that issued token was taken. It may over-report (at
 // its tracking granularity) but never miss a write: every byte whose
 // content differs must lie in a reported extent. A token it does not honour
-// gives an error wrapping ErrTokenInvalid; so does a token issued for
-// another disk, an empty token, or garbage. Extents are sorted,
+// gives an error wrapping ErrTokenInvalid; so do an empty token, garbage,
+// and a token that names no earlier state of this disk. Extents are sorted,
 // non-overlapping, non-empty and within the disk's size.
 //
 // On a snapshot's Disk the answer compares the token's content with the
