@@ -40,7 +40,7 @@ func (x *harness) Hypervisor() hypervisor.Hypervisor { return x.h }
 
 func (x *harness) NewVM(ctx context.Context, name string, sizes []int64) (hypervisor.VM, error) {
 	if x.files == "" {
-		desc := hypervisor.VM{Name: name, CPUs: 1, MemoryB: 1 << 30}
+		desc := hypervisor.VM{Name: name, CPUs: 1, MemoryB: 1 << 30, Labels: map[string]string{"suite": "hypervisortest"}}
 		for _, s := range sizes {
 			desc.Disks = append(desc.Disks, hypervisor.DiskInfo{Size: s})
 		}

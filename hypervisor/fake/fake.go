@@ -110,13 +110,14 @@ type Hypervisor struct {
 	opts     Options
 	instance string // in every token, so another fake's tokens are invalid
 
-	mu    sync.Mutex // guards everything below
-	vms   map[string]*vm
-	order []string // VM ids in the order they were added
-	seq   int      // for VM ids
-	snaps int      // for snapshot ids
-	macs  int      // for made-up MAC addresses
-	open  int      // snapshots not released
+	mu      sync.Mutex // guards everything below
+	vms     map[string]*vm
+	order   []string // VM ids in the order they were added
+	seq     int      // for VM ids
+	snaps   int      // for snapshot ids
+	macs    int      // for made-up MAC addresses
+	open    int      // snapshots not released
+	removed []*vm    // removed VMs, whose files Close still closes
 
 	faults faults
 	stats  struct{ snapshots, reads, bytesRead, writes, bytesWritten atomic.Int64 }
@@ -207,10 +208,14 @@ func (h *Hypervisor) Close() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var errs []error
+	vms := h.removed
 	for _, id := range h.order {
-		for _, d := range h.vms[id].disks {
+		vms = append(vms, h.vms[id])
+	}
+	for _, v := range vms {
+		for _, d := range v.disks {
 			if err := d.st.close(); err != nil {
-				errs = append(errs, fmt.Errorf("fake: close disk %s of vm %s: %w", d.id, id, err))
+				errs = append(errs, fmt.Errorf("fake: close disk %s of vm %s: %w", d.id, v.desc.ID, err))
 			}
 		}
 	}
@@ -324,6 +329,27 @@ func (h *Hypervisor) add(desc hypervisor.VM, stores []store, uniqueName bool) (h
 	h.vms[desc.ID] = v
 	h.order = append(h.order, desc.ID)
 	return copyVM(desc), nil
+}
+
+// RemoveVM deletes a VM, as an administrator might between a plan's
+// selection and its backup: afterwards every method given its id returns
+// ErrNotFound. Snapshots already taken stay readable until released, and
+// image files of a file-backed VM stay open until Close. A VM with a disk
+// open for writing gives ErrConflict.
+func (h *Hypervisor) RemoveVM(vmID string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	v, _, err := h.lookup("remove vm", vmID, "")
+	if err != nil {
+		return err
+	}
+	if v.writers > 0 {
+		return fmt.Errorf("fake: remove vm %q: %d disk(s) open for writing: %w", vmID, v.writers, hypervisor.ErrConflict)
+	}
+	delete(h.vms, vmID)
+	h.order = slices.DeleteFunc(h.order, func(id string) bool { return id == vmID })
+	h.removed = append(h.removed, v)
+	return nil
 }
 
 func (h *Hypervisor) newDisk(id string, size int64, st store) *disk {

@@ -634,3 +634,46 @@ func TestConcurrentUse(t *testing.T) {
 		})
 	}
 }
+
+func TestRemoveVM(t *testing.T) {
+	ctx := t.Context()
+	h := fake.New(nil)
+	a := mustVM(t, h, "a", mib)
+	b := mustVM(t, h, "b", mib)
+	h.WriteDisk(ctx, a.ID, "disk-1", 0, []byte("kept"))
+	s := mustSnapshot(t, h, a.ID)
+	if err := h.RemoveVM(a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.VM(ctx, a.ID); !errors.Is(err, hypervisor.ErrNotFound) {
+		t.Errorf("VM of a removed VM = %v, want ErrNotFound", err)
+	}
+	if _, err := h.Snapshot(ctx, a.ID, hypervisor.SnapshotOptions{}); !errors.Is(err, hypervisor.ErrNotFound) {
+		t.Errorf("Snapshot of a removed VM = %v, want ErrNotFound", err)
+	}
+	if err := h.RemoveVM(a.ID); !errors.Is(err, hypervisor.ErrNotFound) {
+		t.Errorf("second RemoveVM = %v, want ErrNotFound", err)
+	}
+	list, err := h.ListVMs(ctx)
+	if err != nil || len(list) != 1 || list[0].ID != b.ID {
+		t.Errorf("ListVMs after RemoveVM = %v, %v; want only %s", list, err, b.ID)
+	}
+	d, err := s.OpenDisk(ctx, "disk-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := d.ReadAt(buf, 0); err != nil || string(buf) != "kept" {
+		t.Errorf("snapshot of a removed VM reads %q, %v", buf, err)
+	}
+
+	h.PowerOff(ctx, b.ID)
+	w, err := h.OpenDiskForWrite(ctx, b.ID, "disk-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.RemoveVM(b.ID); !errors.Is(err, hypervisor.ErrConflict) {
+		t.Errorf("RemoveVM with a disk open for writing = %v, want ErrConflict", err)
+	}
+	w.Close()
+}

@@ -18,7 +18,10 @@ const unknownID = "hvtest-no-such-object-3f9c1d"
 // same from NewVM, VM, ListVMs and SnapshotInfo.VM.
 type vmSummary struct {
 	ID, Name string
-	Disks    []diskSummary
+	// Labels must agree between ListVMs and VM: plans select VMs by
+	// label from ListVMs.
+	Labels map[string]string
+	Disks  []diskSummary
 }
 
 type diskSummary struct {
@@ -28,6 +31,9 @@ type diskSummary struct {
 
 func summarize(vm hypervisor.VM) vmSummary {
 	s := vmSummary{ID: vm.ID, Name: vm.Name}
+	if len(vm.Labels) > 0 {
+		s.Labels = vm.Labels
+	}
 	for _, d := range vm.Disks {
 		s.Disks = append(s.Disks, diskSummary{d.ID, d.Size})
 	}
