@@ -253,9 +253,9 @@ type Snapshot interface {
 	// Release frees the snapshot and everything it holds on the hypervisor.
 	// It must be called on every path; calling it again is harmless and
 	// returns nil. Disks opened from the snapshot must not be used after.
-	// Release should work even if ctx is already cancelled, so that cleanup
-	// after cancellation does not leak (use context.WithoutCancel inside if
-	// needed).
+	// Release must release, and return nil, even if ctx is already
+	// cancelled, so that cleanup after cancellation does not leak (use
+	// context.WithoutCancel inside if needed).
 	Release(ctx context.Context) error
 }
 
@@ -353,10 +353,10 @@ type DiskWriter interface {
 // before writing; it follows io.ReaderAt with Size as the end, like Disk.
 // WriteAt of a range that does not lie within [0, Size) fails (it may have
 // written the part within). ReadAt and WriteAt may be called concurrently
-// for disjoint ranges, as io.WriterAt allows. Nothing is guaranteed durable or visible to the VM
-// until Flush or Close returns nil. It may implement ChangeReporter
-// (changes since a token issued by a snapshot of this disk) so that a
-// restore rewrites only what changed.
+// for disjoint ranges, as io.WriterAt allows. Nothing is guaranteed
+// durable or visible to the VM until Flush or Close returns nil. It may
+// implement ChangeReporter (changes since a token issued by a snapshot of
+// this disk) so that a restore rewrites only what changed.
 type WritableDisk interface {
 	io.ReaderAt
 	io.WriterAt
@@ -373,7 +373,8 @@ type Creator interface {
 	// of the requested sizes, and returns it (as VM would) with its disks'
 	// new ids in the order of spec.Disks and its NICs in the order of
 	// spec.NICs, each connected or not as asked. Name, CPUs, MemoryB and
-	// Firmware are as asked. A name already in use may give ErrConflict.
+	// Firmware are as asked (an empty Firmware leaves the backend's
+	// default). A name already in use may give ErrConflict.
 	// The new disks are then written through DiskWriter.
 	CreateVM(ctx context.Context, spec CreateSpec) (VM, error)
 }
