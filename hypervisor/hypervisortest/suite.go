@@ -44,7 +44,7 @@ const SeedEnv = "HYPERVISORTEST_SEED"
 //	Power                      PowerOff, Start, Shutdown reach their states and are idempotent
 //	Power/Shutdown             the graceful part of Power
 //	DiskWriter                 a running VM is refused with ErrConflict; writes land; ChangeReporter
-//	Create                     a created VM has the requested configuration and zero-filled disks
+//	Create                     a created VM has the requested configuration and zero-filled disks; writes land
 //
 // Disks are a few MiB, so the suite runs in seconds even against a real
 // hypervisor. Random choices come from a seed that is logged; set the

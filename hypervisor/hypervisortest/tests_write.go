@@ -262,4 +262,30 @@ func testCreate(t *testing.T, e *env) {
 	// The new disks are zero-filled.
 	s := e.snapshot(t, vm.ID, hypervisor.SnapshotOptions{})
 	e.checkSnapshotContent(t, "snapshot of the created VM", s, vm, newShadow(vm))
+
+	// A rebuild then writes the disks through DiskWriter.
+	dw, ok := e.hv.(hypervisor.DiskWriter)
+	if !ok {
+		return
+	}
+	sh := newShadow(vm)
+	for i, di := range vm.Disks {
+		w, err := dw.OpenDiskForWrite(e.ctx, vm.ID, di.ID)
+		if err != nil {
+			t.Fatalf("OpenDiskForWrite(%s) of the created VM: %v", di.ID, err)
+		}
+		for range 3 {
+			off, p := randWrite(e.rng, di.Size)
+			if _, err := w.WriteAt(p, off); err != nil {
+				w.Close()
+				t.Fatalf("WriteAt(%d bytes at %d) to the created VM: %v", len(p), off, err)
+			}
+			sh.write(i, off, p)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	}
+	s = e.snapshot(t, vm.ID, hypervisor.SnapshotOptions{})
+	e.checkSnapshotContent(t, "snapshot of the created VM after writing it", s, vm, sh)
 }
