@@ -32,8 +32,9 @@
 //
 // Beyond the contract in package hypervisor's docs, the suite assumes that
 // a Snapshot of a stopped VM works (it checks restored and created disks
-// through one), and that a VM made by NewVM is running and can be powered
-// off and on (for DiskWriter). VMs made by NewVM are named "hvtest-N-X" and
+// through one), that two snapshots of one VM can be held at once (each
+// seeing its own instant), and that a VM made by NewVM is running and can
+// be powered off and on (for DiskWriter). VMs made by NewVM are named "hvtest-N-X" and
 // VMs made through Creator "hvtest-create-X"; a harness for a shared
 // backend deletes them in Close, since the contract has no way to delete a
 // VM.

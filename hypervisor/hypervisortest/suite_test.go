@@ -54,6 +54,30 @@ func TestSuiteCatchesBugs(t *testing.T) {
 	}
 }
 
+// TestSkipper checks that a Harness's Skipper skips exactly the named
+// subtests, at any depth, and that a correct backend passes the rest.
+func TestSkipper(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the suite in a child process")
+	}
+	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestBrokenBackend$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), bugEnv+"=none-skip")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the suite failed the fake: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"--- SKIP: TestBrokenBackend/Create ",
+		"--- SKIP: TestBrokenBackend/Power/Shutdown ",
+		"--- PASS: TestBrokenBackend/Power ",
+		"--- PASS: TestBrokenBackend/Changes/Random ",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("child output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
 // TestBrokenBackend runs the suite against the backend with the bug named
 // in the environment; it only runs as TestSuiteCatchesBugs's child.
 func TestBrokenBackend(t *testing.T) {
@@ -63,8 +87,22 @@ func TestBrokenBackend(t *testing.T) {
 	}
 	hypervisortest.Run(t, func(ctx context.Context, t *testing.T) (hypervisortest.Harness, error) {
 		h := fake.New(&fake.Options{Granularity: 4096})
-		return &harness{h: h, hv: &brokenHV{Hypervisor: h, bug: bug}}, nil
+		x := &harness{h: h, hv: &brokenHV{Hypervisor: h, bug: bug}}
+		if bug == "none-skip" {
+			return &skipHarness{x}, nil
+		}
+		return x, nil
 	})
+}
+
+type skipHarness struct{ *harness }
+
+func (skipHarness) SkipTest(name string) string {
+	switch name {
+	case "Create", "Power/Shutdown":
+		return "skipped by the self-test"
+	}
+	return ""
 }
 
 type harness struct {
