@@ -252,7 +252,10 @@ type Snapshot interface {
 	OpenDisk(ctx context.Context, diskID string) (Disk, error)
 	// Release frees the snapshot and everything it holds on the hypervisor.
 	// It must be called on every path; calling it again is harmless and
-	// returns nil. Disks opened from the snapshot must not be used after.
+	// returns nil. Disks opened from the snapshot must not be used after;
+	// ReadAt calls still in flight when Release is called (after a
+	// cancellation) may fail, but never return data other than the
+	// snapshot's.
 	// Release must release, and return nil, even if ctx is already
 	// cancelled, so that cleanup after cancellation does not leak (use
 	// context.WithoutCancel inside if needed).

@@ -242,6 +242,12 @@ func (v *fileView) readAt(p []byte, off int64) error {
 	s := v.s
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	if v.saved == nil {
+		// Released while this read was on its way: the file may hold
+		// newer data than the snapshot, so there is nothing right to
+		// return.
+		return errReleased
+	}
 	if len(v.saved) == 0 {
 		return s.pread(p, off)
 	}
