@@ -30,6 +30,7 @@ const SeedEnv = "HYPERVISORTEST_SEED"
 //	Snapshot/Info              ids, frozen VM description, consistency taken
 //	Snapshot/Isolation         writes before a snapshot are in it, writes after are not
 //	Snapshot/WritesDuringReads concurrent reads of a snapshot while the guest writes
+//	Snapshot/ReleaseDuringReads reads racing Release fail or return the snapshot's data
 //	Snapshot/Release           Release twice, Release with a cancelled context, no leaks
 //	Snapshot/Consistency       application consistency works or gives ErrUnsupported / falls back with a Note
 //	ReadAt/Semantics           io.ReaderAt rules at and past the end, unaligned reads

@@ -132,6 +132,7 @@ func testSnapshot(t *testing.T, e *env) {
 	e.run(t, "Info", func(t *testing.T) { testSnapshotInfo(t, e) })
 	e.run(t, "Isolation", func(t *testing.T) { testSnapshotIsolation(t, e) })
 	e.run(t, "WritesDuringReads", func(t *testing.T) { testSnapshotWritesDuringReads(t, e) })
+	e.run(t, "ReleaseDuringReads", func(t *testing.T) { testSnapshotReleaseDuringReads(t, e) })
 	e.run(t, "Release", func(t *testing.T) { testSnapshotRelease(t, e) })
 	e.run(t, "Consistency", func(t *testing.T) { testSnapshotConsistency(t, e) })
 }
@@ -261,6 +262,74 @@ func testSnapshotWritesDuringReads(t *testing.T, e *env) {
 	<-done
 	d2 := e.open(t, s, vm.Disks[0].ID)
 	compareBytes(t, "snapshot after the guest's writes", readAll(t, "snapshot", d2, size), want)
+}
+
+// testSnapshotReleaseDuringReads releases a snapshot while goroutines
+// read it and the guest writes: reads may fail once Release is called, but
+// a read that succeeds returns the snapshot's data.
+func testSnapshotReleaseDuringReads(t *testing.T, e *env) {
+	const size = 1 * mib
+	vm := e.newVM(t, size)
+	sh := newShadow(vm)
+	e.write(t, vm, sh, 0, 0, fill(size, 0x11))
+	s, err := e.hv.Snapshot(e.ctx, vm.ID, hypervisor.SnapshotOptions{})
+	if err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	d, err := s.OpenDisk(e.ctx, vm.Disks[0].ID)
+	if err != nil {
+		s.Release(e.ctx)
+		t.Fatalf("OpenDisk: %v", err)
+	}
+	want := sh.disks[0]
+	started := make(chan struct{}, 4)
+	stop := make(chan struct{})
+	guest := make(chan struct{})
+	go func() {
+		defer close(guest)
+		p := fill(64*kib, 0x22)
+		for off := int64(0); ; off = (off + 64*kib) % size {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := e.h.GuestWrite(e.ctx, vm.ID, vm.Disks[0].ID, off, p); err != nil {
+				t.Errorf("GuestWrite: %v", err)
+				return
+			}
+		}
+	}()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		concurrently(4, func(i int) {
+			buf := make([]byte, 64*kib)
+			for j := 0; j < 200; j++ {
+				off := int64((i*13+j*7)%16) * 64 * kib
+				n, err := d.ReadAt(buf, off)
+				if j == 0 {
+					started <- struct{}{}
+				}
+				if err != nil && err != io.EOF {
+					return // failing after Release is allowed
+				}
+				if !compareBytes(t, fmt.Sprintf("ReadAt(%d bytes at %d) around Release", len(buf), off), buf[:n], want[off:off+int64(n)]) {
+					return
+				}
+			}
+		})
+	}()
+	for range 4 {
+		<-started
+	}
+	if err := s.Release(e.ctx); err != nil {
+		t.Errorf("Release while reads are in flight: %v", err)
+	}
+	<-done
+	close(stop)
+	<-guest
+	d.Close()
 }
 
 func fill(n int, b byte) []byte {
