@@ -35,6 +35,8 @@
 // before, invalid (ErrTokenInvalid), as would a crash on a real hypervisor.
 // Tokens of another fake.Hypervisor, garbage and tokens from a later
 // snapshot than the disk being asked are invalid too.
+// [Hypervisor.SetChangeTracking] turns tracking off for a VM, so that its
+// snapshots carry empty tokens, and on again.
 //
 // # Power and consistency
 //
@@ -486,6 +488,37 @@ func (h *Hypervisor) ResetChangeTracking(vmID string) {
 		d.mu.Lock()
 		d.epoch++
 		if d.dirty != nil {
+			d.dirty = map[int64]uint64{}
+		}
+		d.mu.Unlock()
+	}
+}
+
+// SetChangeTracking turns change tracking of every disk of the VM off or
+// on, as an administrator can on hypervisors where it is a per-VM setting.
+// While it is off, snapshots of the VM carry an empty ChangeToken (the
+// contract's "tracking is not active") and every token, old or new, gives
+// ErrTokenInvalid. Turning it on starts afresh: the next snapshot issues a
+// token that later snapshots honour. Tracking is on for every new VM
+// (unless Options.NoChangeTracking). Unknown VMs are ignored.
+func (h *Hypervisor) SetChangeTracking(vmID string, on bool) {
+	if h.opts.NoChangeTracking {
+		return
+	}
+	h.mu.Lock()
+	v := h.vms[vmID]
+	h.mu.Unlock()
+	if v == nil {
+		return
+	}
+	for _, d := range v.disks {
+		d.mu.Lock()
+		switch {
+		case !on && d.dirty != nil:
+			d.epoch++
+			d.dirty = nil
+		case on && d.dirty == nil:
+			d.epoch++
 			d.dirty = map[int64]uint64{}
 		}
 		d.mu.Unlock()

@@ -677,3 +677,35 @@ func TestRemoveVM(t *testing.T) {
 	}
 	w.Close()
 }
+
+func TestSetChangeTracking(t *testing.T) {
+	ctx := t.Context()
+	h := fake.New(nil)
+	vm := mustVM(t, h, "a", mib)
+	before := mustTracker(t, mustSnapshot(t, h, vm.ID), "disk-1").ChangeToken()
+
+	h.SetChangeTracking(vm.ID, false)
+	off := mustTracker(t, mustSnapshot(t, h, vm.ID), "disk-1")
+	if tok := off.ChangeToken(); tok != "" {
+		t.Errorf("ChangeToken with tracking off = %q, want empty", tok)
+	}
+	if _, err := off.ChangedExtents(ctx, before); !errors.Is(err, hypervisor.ErrTokenInvalid) {
+		t.Errorf("ChangedExtents with tracking off = %v, want ErrTokenInvalid", err)
+	}
+
+	h.SetChangeTracking(vm.ID, true)
+	first := mustTracker(t, mustSnapshot(t, h, vm.ID), "disk-1").ChangeToken()
+	if first == "" {
+		t.Fatal("ChangeToken after turning tracking on is empty")
+	}
+	h.WriteDisk(ctx, vm.ID, "disk-1", 70000, []byte{1})
+	next := mustTracker(t, mustSnapshot(t, h, vm.ID), "disk-1")
+	if _, err := next.ChangedExtents(ctx, before); !errors.Is(err, hypervisor.ErrTokenInvalid) {
+		t.Errorf("ChangedExtents(token from before tracking was off) = %v, want ErrTokenInvalid", err)
+	}
+	ext, err := next.ChangedExtents(ctx, first)
+	want := []hypervisor.Extent{{Offset: 65536, Length: 65536}}
+	if diff := cmp.Diff(want, ext); err != nil || diff != "" {
+		t.Errorf("ChangedExtents after tracking was turned on: %v (-want +got):\n%s", err, diff)
+	}
+}

@@ -204,8 +204,8 @@ func (w cbtWritableDisk) ChangedExtents(ctx context.Context, tok string) ([]hype
 	d := w.d
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	if t.Epoch != d.epoch {
-		return nil, fmt.Errorf("fake: changed extents of disk %q of vm %q: %w: change tracking was reset since the token was issued", d.id, w.vmID, hypervisor.ErrTokenInvalid)
+	if d.dirty == nil || t.Epoch != d.epoch {
+		return nil, fmt.Errorf("fake: changed extents of disk %q of vm %q: %w: change tracking was reset or turned off since the token was issued", d.id, w.vmID, hypervisor.ErrTokenInvalid)
 	}
 	return changed(d.dirty, t.Gen, w.h.opts.Granularity, d.size), nil
 }

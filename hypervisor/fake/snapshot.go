@@ -270,6 +270,9 @@ func (d *snapDisk) allocatedExtents(ctx context.Context) ([]hypervisor.Extent, e
 
 func (d *snapDisk) changeToken() string {
 	fd := d.fd
+	if fd.dirty == nil {
+		return "" // tracking was off at the snapshot
+	}
 	return fd.s.h.encodeToken(token{VM: fd.vmID, Disk: fd.d.id, Epoch: fd.epoch, Gen: fd.gen})
 }
 
@@ -288,6 +291,8 @@ func (d *snapDisk) changedExtents(ctx context.Context, tok string) ([]hypervisor
 		current := fd.d.epoch
 		fd.d.mu.RUnlock()
 		switch {
+		case fd.dirty == nil:
+			err = errors.New("change tracking was off at this snapshot")
 		case t.Epoch != fd.epoch || fd.epoch != current:
 			err = errors.New("change tracking was reset since the token was issued")
 		case t.Gen > fd.gen:
