@@ -25,27 +25,27 @@ const SeedEnv = "HYPERVISORTEST_SEED"
 //
 // The subtests, by name (the names Skipper.SkipTest receives):
 //
-//	VMs                        NewVM, ListVMs and VM agree; unknown ids give ErrNotFound
-//	NotFound                   unknown VMs and disks give ErrNotFound everywhere
-//	Snapshot/Info              ids, frozen VM description, consistency taken
-//	Snapshot/Isolation         writes before a snapshot are in it, writes after are not
-//	Snapshot/WritesDuringReads concurrent reads of a snapshot while the guest writes
+//	VMs                         NewVM, ListVMs and VM agree; unknown ids give ErrNotFound
+//	NotFound                    unknown VMs and disks give ErrNotFound everywhere
+//	Snapshot/Info               ids, frozen VM description, consistency taken
+//	Snapshot/Isolation          writes before a snapshot are in it, writes after are not
+//	Snapshot/WritesDuringReads  concurrent reads of a snapshot while the guest writes
 //	Snapshot/ReleaseDuringReads reads racing Release fail or return the snapshot's data
-//	Snapshot/Release           Release twice, Release with a cancelled context, no leaks
-//	Snapshot/Consistency       application consistency works or gives ErrUnsupported / falls back with a Note
-//	ReadAt/Semantics           io.ReaderAt rules at and past the end, unaligned reads
-//	ReadAt/Concurrent          concurrent ReadAt on one Disk
-//	Extents                    AllocatedExtents cover every non-zero byte
-//	Changes/Random             randomised writes; ChangedExtents never misses one, over-reports at most ChangeGranularity
-//	Changes/NoWrites           no writes, no changes; disks are tracked separately
-//	Changes/FailedBackups      a token stays valid across snapshots released unused
-//	Changes/InvalidTokens      garbage tokens give ErrTokenInvalid
-//	Changes/Reset              tokens from before TrackingResetter.ResetChangeTracking give ErrTokenInvalid
-//	Cancel                     a cancelled context gives an error wrapping context.Canceled
-//	Power                      PowerOff, Start, Shutdown reach their states and are idempotent
-//	Power/Shutdown             the graceful part of Power
-//	DiskWriter                 a running VM is refused with ErrConflict; writes land; ChangeReporter
-//	Create                     a created VM has the requested configuration and zero-filled disks; writes land
+//	Snapshot/Release            Release twice, Release with a cancelled context, no leaks
+//	Snapshot/Consistency        application consistency works or gives ErrUnsupported / falls back with a Note
+//	ReadAt/Semantics            io.ReaderAt rules at and past the end, unaligned reads
+//	ReadAt/Concurrent           concurrent ReadAt on one Disk
+//	Extents                     AllocatedExtents cover every non-zero byte
+//	Changes/Random              randomised writes; ChangedExtents never misses one, over-reports at most ChangeGranularity
+//	Changes/NoWrites            no writes, no changes; disks are tracked separately
+//	Changes/FailedBackups       a token stays valid across snapshots released unused
+//	Changes/InvalidTokens       garbage tokens give ErrTokenInvalid
+//	Changes/Reset               tokens from before TrackingResetter.ResetChangeTracking give ErrTokenInvalid
+//	Cancel                      a cancelled context gives an error wrapping context.Canceled
+//	Power                       PowerOff, Start, Shutdown reach their states and are idempotent
+//	Power/Shutdown              the graceful part of Power
+//	DiskWriter                  a running VM is refused with ErrConflict; writes land; ChangeReporter
+//	Create                      a created VM has the requested configuration and zero-filled disks; writes land
 //
 // Disks are a few MiB, so the suite runs in seconds even against a real
 // hypervisor. Random choices come from a seed that is logged; set the
