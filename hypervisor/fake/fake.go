@@ -230,8 +230,8 @@ func (h *Hypervisor) Close() error {
 // NIC MACs (52:54:00:...); an empty Power
 // means running. A VM id already in use gives ErrConflict; a disk size that
 // is not positive or a duplicate disk id is an error.
-func (h *Hypervisor) AddVM(desc hypervisor.VM) (hypervisor.VM, error) {
-	desc = copyVM(desc)
+func (h *Hypervisor) AddVM(vm hypervisor.VM) (hypervisor.VM, error) {
+	desc := copyVM(vm)
 	var stores []store
 	for i, d := range desc.Disks {
 		if d.Size <= 0 {
