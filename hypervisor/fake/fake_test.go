@@ -709,3 +709,42 @@ func TestSetChangeTracking(t *testing.T) {
 		t.Errorf("ChangedExtents after tracking was turned on: %v (-want +got):\n%s", err, diff)
 	}
 }
+
+// FuzzChangedExtentsToken feeds arbitrary tokens to ChangedExtents: they
+// must give ErrTokenInvalid (or, for the one valid token, succeed), never
+// a panic or another error.
+func FuzzChangedExtentsToken(f *testing.F) {
+	h := fake.New(nil)
+	vm, err := h.AddVM(hypervisor.VM{Disks: []hypervisor.DiskInfo{{Size: mib}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	s, err := h.Snapshot(context.Background(), vm.ID, hypervisor.SnapshotOptions{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	d, err := s.OpenDisk(context.Background(), "disk-1")
+	if err != nil {
+		f.Fatal(err)
+	}
+	ct := d.(hypervisor.ChangeTracker)
+	valid := ct.ChangeToken()
+	f.Add(valid)
+	f.Add("")
+	f.Add("fakecbt1.")
+	f.Add("fakecbt1.e30")
+	f.Add(valid[:len(valid)-1])
+	f.Add(valid + "A")
+	f.Fuzz(func(t *testing.T, token string) {
+		_, err := ct.ChangedExtents(context.Background(), token)
+		if token == valid {
+			if err != nil {
+				t.Fatalf("valid token: %v", err)
+			}
+			return
+		}
+		if !errors.Is(err, hypervisor.ErrTokenInvalid) {
+			t.Fatalf("ChangedExtents(%q) = %v, want ErrTokenInvalid", token, err)
+		}
+	})
+}
