@@ -97,7 +97,8 @@ type env struct {
 	ctx  context.Context
 	h    Harness
 	hv   hypervisor.Hypervisor
-	rng  *rand.Rand
+	rng  *rand.Rand // seeded per (sub)subtest, so one can be replayed alone
+	seed uint64
 	root string
 	n    int // VMs made so far, for names
 }
@@ -105,7 +106,7 @@ type env struct {
 func newEnv(t *testing.T, mk MakeHarness, root string, seed uint64) *env {
 	t.Helper()
 	ctx := t.Context()
-	e := &env{ctx: ctx, root: root}
+	e := &env{ctx: ctx, root: root, seed: seed}
 	h, err := mk(ctx, t)
 	if err != nil {
 		t.Fatalf("make harness: %v", err)
@@ -123,10 +124,16 @@ func newEnv(t *testing.T, mk MakeHarness, root string, seed uint64) *env {
 	if e.skipped(t) {
 		return nil
 	}
-	f := fnv.New64a()
-	f.Write([]byte(strings.TrimPrefix(t.Name(), root)))
-	e.rng = rand.New(rand.NewPCG(seed, f.Sum64()))
+	e.reseed(t)
 	return e
+}
+
+// reseed seeds e.rng from the suite's seed and t's name, so a subtest
+// draws the same writes whether it runs alone or with the others.
+func (e *env) reseed(t *testing.T) {
+	f := fnv.New64a()
+	f.Write([]byte(strings.TrimPrefix(t.Name(), e.root)))
+	e.rng = rand.New(rand.NewPCG(e.seed, f.Sum64()))
 }
 
 // skipped skips t if the harness implements Skipper and asks to; it is
@@ -152,6 +159,7 @@ func (e *env) run(t *testing.T, name string, fn func(t *testing.T)) {
 		if e.skipped(t) {
 			return
 		}
+		e.reseed(t)
 		fn(t)
 	})
 }
