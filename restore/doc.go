@@ -1,2 +1,44 @@
-// Package restore writes a restore point's disks back onto a hypervisor: in place onto the same VM, or into a rebuilt VM.
+// Package restore writes a restore point's disks back onto a hypervisor: in
+// place onto the same VM ([InPlace]), or into a new VM created from the
+// point's configuration ([Rebuild]).
+//
+// Every chunk read from the repository is verified against its id by the
+// repository's DiskReader; a corrupt chunk stops the restore with an error
+// that names the point, disk, offset and chunk. The restore point itself is
+// only read, never changed, whatever happens.
+//
+// # Writing only what differs
+//
+// A restore in place writes as little as it can, choosing per disk:
+//
+//   - "changed blocks": the target disk reports, through
+//     hypervisor.ChangeReporter, which ranges changed since the snapshot
+//     whose change token the point recorded. Only the chunks those ranges
+//     touch are written; everything else still holds the point's content.
+//   - "compare": otherwise (no change reporting, no token, or a token the
+//     hypervisor no longer honours) every chunk of the target is read and
+//     hashed, and only chunks whose content differs are written.
+//
+// Either way, a chunk that is all zeros in the point is written (as zeros)
+// only where the target does not already read as zeros.
+//
+// A rebuild writes into freshly created disks, which read as zeros, so
+// zero chunks are not written at all ("fresh disk"); every other chunk is
+// written once, in disk order, with chunk-aligned writes.
+//
+// # Power
+//
+// A disk can only be written while its VM is stopped. InPlace refuses a
+// running (or suspended) VM with an error wrapping [ErrVMRunning] unless
+// InPlaceOptions.PowerOff is set, in which case it asks the guest to shut
+// down, waits up to ShutdownTimeout, and then cuts the power. Start (in
+// place) and PowerOn (rebuild) start the VM after its disks are written.
+//
+// # Failure
+//
+// A restore that fails part-way returns an error that says which disk and
+// chunk failed and that the target's disks are incomplete; the Result
+// returned with it says how far it got. A rebuild that fails after
+// creating its VM leaves that VM in place (the contract has no delete) and
+// names it in the error and in Result.VM.
 package restore

@@ -1,0 +1,252 @@
+package backup
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/vmbackup/vmbackup/hypervisor"
+	"github.com/vmbackup/vmbackup/internal/pipeline"
+	"github.com/vmbackup/vmbackup/repository"
+)
+
+// Defaults for the zero values of Config's fields.
+const (
+	// DefaultParallelVMs is how many VMs of a job are backed up at once.
+	DefaultParallelVMs = 2
+	// DefaultRetryDelay is the wait before retrying a failed VM.
+	DefaultRetryDelay = time.Minute
+	// DefaultMaxInFlightBytes bounds the chunk buffers of all jobs of a
+	// Service: the pipeline's memory.
+	DefaultMaxInFlightBytes = 64 << 20
+)
+
+// DefaultWorkers is the number of chunks of one disk processed at once when
+// Config.Workers is zero: enough to keep every core hashing and compressing
+// while other workers wait for reads and uploads.
+func DefaultWorkers() int { return 2*runtime.GOMAXPROCS(0) + 2 }
+
+// ErrNoRestorePoint is returned by RPO for a VM without restore points.
+var ErrNoRestorePoint = errors.New("backup: no restore point")
+
+// Config configures a Service. Hypervisor and Repository are required;
+// every other field has a default for its zero value. Negative numbers are
+// rejected.
+type Config struct {
+	// Hypervisor is where VMs are snapshotted, read and restored.
+	Hypervisor hypervisor.Hypervisor
+	// Repository stores restore points. The Service does not close it.
+	Repository *repository.Repository
+	// Logger receives the Service's logs; nil means slog.Default().
+	Logger *slog.Logger
+	// Now is the clock (job times, RPO); nil means time.Now.
+	Now func() time.Time
+
+	// ParallelVMs is how many VMs of one job run at once; 0 means
+	// DefaultParallelVMs.
+	ParallelVMs int
+	// Retries is how many times a failed VM is tried again within a job;
+	// 0 means never.
+	Retries int
+	// RetryDelay is the wait before each retry; 0 means DefaultRetryDelay.
+	RetryDelay time.Duration
+
+	// ReadBytesPerSec limits reads from the hypervisor's disks during
+	// backups, over all jobs of the Service; 0 means unlimited.
+	ReadBytesPerSec int64
+	// WriteBytesPerSec limits bytes stored into the repository during
+	// backups, and bytes written to the hypervisor's disks during
+	// restores, over all jobs; 0 means unlimited.
+	WriteBytesPerSec int64
+
+	// Workers is the number of chunks of one disk in flight at once; 0
+	// means DefaultWorkers().
+	Workers int
+	// MaxInFlightBytes bounds the memory of all chunk buffers of the
+	// Service (rounded down to whole chunks, at least one per job); 0 means
+	// DefaultMaxInFlightBytes.
+	MaxInFlightBytes int64
+
+	// A Scheduler field will let plans run by themselves; without one the
+	// Service runs the jobs it is asked to run.
+}
+
+// Service runs backup and restore jobs. It is safe for concurrent use: jobs
+// may run at the same time, sharing the Service's limits.
+type Service struct {
+	cfg     Config
+	hv      hypervisor.Hypervisor
+	repo    *repository.Repository
+	log     *slog.Logger
+	now     func() time.Time
+	pool    *pipeline.Pool
+	readLim *rate.Limiter // nil: unlimited
+	wrLim   *rate.Limiter // nil: unlimited
+
+	mu   sync.Mutex
+	subs []*subscriber
+}
+
+// New validates cfg, fills in defaults and returns a Service. An invalid
+// field gives an error naming it.
+func New(cfg Config) (*Service, error) {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("backup: config: %s %s", field, fmt.Sprintf(format, args...)))
+	}
+	if cfg.Hypervisor == nil {
+		bad("Hypervisor", "is required")
+	}
+	if cfg.Repository == nil {
+		bad("Repository", "is required")
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"ParallelVMs", int64(cfg.ParallelVMs)},
+		{"Retries", int64(cfg.Retries)},
+		{"RetryDelay", int64(cfg.RetryDelay)},
+		{"ReadBytesPerSec", cfg.ReadBytesPerSec},
+		{"WriteBytesPerSec", cfg.WriteBytesPerSec},
+		{"Workers", int64(cfg.Workers)},
+		{"MaxInFlightBytes", cfg.MaxInFlightBytes},
+	} {
+		if f.v < 0 {
+			bad(f.name, "is %d, must be >= 0", f.v)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.ParallelVMs == 0 {
+		cfg.ParallelVMs = DefaultParallelVMs
+	}
+	if cfg.RetryDelay == 0 {
+		cfg.RetryDelay = DefaultRetryDelay
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = DefaultWorkers()
+	}
+	if cfg.MaxInFlightBytes == 0 {
+		cfg.MaxInFlightBytes = DefaultMaxInFlightBytes
+	}
+	cs := cfg.Repository.Config().ChunkSize
+	s := &Service{
+		cfg:  cfg,
+		hv:   cfg.Hypervisor,
+		repo: cfg.Repository,
+		log:  cfg.Logger,
+		now:  cfg.Now,
+		pool: pipeline.NewPool(cs, int(cfg.MaxInFlightBytes/int64(cs))),
+	}
+	if cfg.ReadBytesPerSec > 0 {
+		s.readLim = rate.NewLimiter(rate.Limit(cfg.ReadBytesPerSec), int(max(cfg.ReadBytesPerSec, int64(cs))))
+	}
+	if cfg.WriteBytesPerSec > 0 {
+		s.wrLim = rate.NewLimiter(rate.Limit(cfg.WriteBytesPerSec), int(max(cfg.WriteBytesPerSec, int64(cs))))
+	}
+	return s, nil
+}
+
+// Config returns the Service's configuration with defaults filled in.
+func (s *Service) Config() Config { return s.cfg }
+
+// RPO returns how old the VM's newest restore point is (now minus its
+// creation time) and when it was created. A VM without restore points gives
+// an error wrapping ErrNoRestorePoint.
+func (s *Service) RPO(ctx context.Context, vmID string) (time.Duration, time.Time, error) {
+	points, err := s.repo.ListPoints(ctx, repository.Filter{VMID: vmID})
+	if err != nil {
+		return 0, time.Time{}, fmt.Errorf("backup: rpo of vm %q: %w", vmID, err)
+	}
+	if len(points) == 0 {
+		return 0, time.Time{}, fmt.Errorf("backup: rpo of vm %q: %w", vmID, ErrNoRestorePoint)
+	}
+	newest := points[0].Created
+	for _, p := range points[1:] {
+		if p.Created.After(newest) {
+			newest = p.Created
+		}
+	}
+	return s.now().Sub(newest), newest, nil
+}
+
+// waitN waits until the limiter allows n more bytes (nil: no limit).
+func waitN(ctx context.Context, lim *rate.Limiter, n int64) error {
+	if lim == nil {
+		return nil
+	}
+	for n > 0 {
+		k := min(n, int64(lim.Burst()))
+		if err := lim.WaitN(ctx, int(k)); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
+}
+
+func newJobID(now time.Time) string {
+	var b [3]byte
+	rand.Read(b[:])
+	return "job-" + now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
+}
+
+// subscriber is one function registered with Subscribe.
+type subscriber struct {
+	mu   sync.Mutex // one call at a time
+	fn   func(Event)
+	gone atomic.Bool
+}
+
+// Subscribe registers fn to receive every event of every job from now on,
+// and returns a function that unregisters it (a call already under way may
+// still finish; unsubscribe may be called from fn). fn is called synchronously by
+// the job's goroutines, one call at a time per subscriber, in order within
+// each job; it must return quickly and must not start jobs itself. All
+// events of a job are delivered before the job's method returns.
+func (s *Service) Subscribe(fn func(Event)) (unsubscribe func()) {
+	sub := &subscriber{fn: fn}
+	s.mu.Lock()
+	s.subs = append(s.subs, sub)
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		s.subs = slices.DeleteFunc(s.subs, func(x *subscriber) bool { return x == sub })
+		s.mu.Unlock()
+		sub.gone.Store(true)
+	}
+}
+
+func (s *Service) emit(e Event) {
+	if e.Time.IsZero() {
+		e.Time = s.now()
+	}
+	s.mu.Lock()
+	subs := slices.Clone(s.subs)
+	s.mu.Unlock()
+	for _, sub := range subs {
+		sub.mu.Lock()
+		if !sub.gone.Load() {
+			sub.fn(e)
+		}
+		sub.mu.Unlock()
+	}
+}
