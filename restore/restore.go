@@ -408,30 +408,13 @@ func (r *runner) restoreDisk(ctx context.Context, dw hypervisor.DiskWriter, vmID
 	limit := min(w.Size(), d.Size)
 
 	var spans []pipeline.Span
-	switch {
-	case fresh:
+	if fresh {
 		res.Method = MethodFresh
 		spans = pipeline.All(limit, cs)
-	default:
-		res.Method, res.Reason = MethodCompare, "the disk does not report changes"
-		if cr, ok := w.(hypervisor.ChangeReporter); ok {
-			if d.ChangeToken == "" {
-				res.Reason = "the restore point has no change token"
-				break
-			}
-			changed, err := cr.ChangedExtents(ctx, d.ChangeToken)
-			if errors.Is(err, hypervisor.ErrTokenInvalid) {
-				res.Reason = "token invalid: " + err.Error()
-				break
-			}
-			if err != nil {
-				return res, fmt.Errorf("changed extents: %w", err)
-			}
-			res.Method, res.Reason = MethodChanged, ""
-			spans = pipeline.Touched(changed, limit, cs)
-		}
-		if res.Method == MethodCompare {
-			spans = pipeline.All(limit, cs)
+	} else {
+		res.Method, res.Reason, spans, err = changedSpans(ctx, w, d.ChangeToken, limit, cs)
+		if err != nil {
+			return res, err
 		}
 	}
 	var total int64
@@ -485,6 +468,30 @@ func (r *runner) restoreDisk(ctx context.Context, dw hypervisor.DiskWriter, vmID
 	r.o.Logger.Debug("disk restored", "point", point.ID, "disk", d.ID, "vm", vmID, "target", targetID, "method", res.Method,
 		"written", res.BytesWritten, "chunks_written", res.ChunksWritten, "chunks_skipped", res.ChunksSkipped)
 	return res, nil
+}
+
+// changedSpans returns the slots of a disk opened for writing that may
+// differ from the content named by token, and the method: MethodChanged
+// if the disk reports changes since token, else MethodCompare (all slots)
+// with the reason.
+func changedSpans(ctx context.Context, w hypervisor.WritableDisk, token string, limit int64, cs int) (method, reason string, spans []pipeline.Span, err error) {
+	cr, ok := w.(hypervisor.ChangeReporter)
+	switch {
+	case !ok:
+		reason = "the disk does not report changes"
+	case token == "":
+		reason = "the restore point has no change token"
+	default:
+		changed, err := cr.ChangedExtents(ctx, token)
+		if err == nil {
+			return MethodChanged, "", pipeline.Touched(changed, limit, cs), nil
+		}
+		if !errors.Is(err, hypervisor.ErrTokenInvalid) {
+			return "", "", nil, fmt.Errorf("changed extents: %w", err)
+		}
+		reason = "token invalid: " + err.Error()
+	}
+	return MethodCompare, reason, pipeline.All(limit, cs), nil
 }
 
 // restoreChunk makes [off, end) of w hold slot i's content (id). It
