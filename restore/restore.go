@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -433,22 +434,41 @@ func (r *runner) restoreDisk(ctx context.Context, dw hypervisor.DiskWriter, vmID
 	var nw, ns atomic.Int64
 	cur := pipeline.NewCursor(spans)
 	g, gctx := errgroup.WithContext(ctx)
-	for range min(r.workers, max(pipeline.Count(spans), 1)) {
+	// Each worker holds its buffers for its life: one for the point's
+	// chunk, and one for the target's current content unless it is fresh.
+	perWorker := 2
+	if fresh {
+		perWorker = 1
+	}
+	workers := max(min(r.workers, pipeline.Count(spans), r.pool.Cap()/perWorker), 1)
+	for range workers {
 		g.Go(func() error {
+			buf, err := r.pool.Get(gctx)
+			if err != nil {
+				return err
+			}
+			defer r.pool.Put(buf)
+			var old []byte
+			if !fresh {
+				if old, err = r.pool.Get(gctx); err != nil {
+					return err
+				}
+				defer r.pool.Put(old)
+			}
 			for {
 				i, ok := cur.Next()
 				if !ok {
 					return nil
 				}
 				off, end := pipeline.SlotRange(i, limit, cs)
-				wrote, rd, err := r.restoreChunk(gctx, src, w, idx.Get(i), i, off, end, res.Method)
+				wn, rd, err := r.restoreChunk(gctx, src, w, idx.Get(i), i, off, end, fresh, buf, old)
 				if err != nil {
 					return fmt.Errorf("chunk at %d (%s): %w", off, idx.Get(i), err)
 				}
 				read.Add(rd)
-				if wrote {
+				if wn > 0 {
 					nw.Add(1)
-					written.Add(end - off)
+					written.Add(wn)
 				} else {
 					ns.Add(1)
 				}
@@ -494,47 +514,87 @@ func changedSpans(ctx context.Context, w hypervisor.WritableDisk, token string, 
 	return MethodCompare, reason, pipeline.All(limit, cs), nil
 }
 
-// restoreChunk makes [off, end) of w hold slot i's content (id). It
-// reports whether it wrote and how many bytes it read from the repository.
-func (r *runner) restoreChunk(ctx context.Context, src *repository.DiskReader, w hypervisor.WritableDisk, id repository.ChunkID, i int, off, end int64, method string) (bool, int64, error) {
-	if method == MethodFresh && id.IsZero() {
-		return false, 0, nil
+// writeGrain is the unit in which a restore compares what it writes with
+// what the target holds: runs of differing 64 KiB blocks are written, the
+// rest of a chunk is not, so a chunk that differs in one block costs one
+// small write, and zero blocks of a fresh disk stay holes.
+const writeGrain = 64 << 10
+
+// restoreChunk makes [off, end) of w hold slot i's content (id), using
+// buf (and, unless the disk is fresh, cur) as scratch. It returns the
+// bytes written to w and read from the repository.
+func (r *runner) restoreChunk(ctx context.Context, src *repository.DiskReader, w hypervisor.WritableDisk, id repository.ChunkID, i int, off, end int64, fresh bool, buf, cur []byte) (written, rd int64, err error) {
+	if fresh && id.IsZero() {
+		return 0, 0, nil
 	}
-	buf, err := r.pool.Get(ctx)
-	if err != nil {
-		return false, 0, err
-	}
-	defer r.pool.Put(buf)
 	n := int(end - off)
-	p := buf[:n]
-	if method != MethodFresh {
-		// Look at what the target holds: skip if equal already.
-		if err := pipeline.ReadFull(w, p, off); err != nil {
-			return false, 0, fmt.Errorf("read target: %w", err)
+	if !fresh {
+		// Look at what the target holds: nothing to do if equal already.
+		cur = cur[:n]
+		if err := pipeline.ReadFull(w, cur, off); err != nil {
+			return 0, 0, fmt.Errorf("read target: %w", err)
 		}
 		if id.IsZero() {
-			if pipeline.IsZero(p) {
-				return false, 0, nil
+			if pipeline.IsZero(cur) {
+				return 0, 0, nil
 			}
-			clear(p)
-			return true, 0, r.write(ctx, w, p, off)
+			clear(buf[:n])
+			written, err = r.writeDiff(ctx, w, buf[:n], cur, off)
+			return written, 0, err
 		}
-		if r.repo.HashChunk(p) == id {
-			return false, 0, nil
+		// A zero target differs from a non-zero chunk: no need to hash.
+		if !pipeline.IsZero(cur) && r.repo.HashChunk(cur) == id {
+			return 0, 0, nil
 		}
 	}
 	data, err := src.ReadChunk(ctx, i, buf[:0])
 	if err != nil {
-		return false, 0, fmt.Errorf("read from repository: %w", err)
+		return 0, 0, fmt.Errorf("read from repository: %w", err)
 	}
-	rd := int64(len(data))
+	rd = int64(len(data))
 	if len(data) < n {
-		return false, rd, fmt.Errorf("repository chunk has %d bytes, want at least %d", len(data), n)
+		return 0, rd, fmt.Errorf("repository chunk has %d bytes, want at least %d", len(data), n)
 	}
-	if err := r.write(ctx, w, data[:n], off); err != nil {
-		return false, rd, err
+	if !fresh {
+		written, err = r.writeDiff(ctx, w, data[:n], cur, off)
+	} else {
+		written, err = r.writeDiff(ctx, w, data[:n], nil, off)
 	}
-	return true, rd, nil
+	return written, rd, err
+}
+
+// writeDiff writes the runs of writeGrain blocks of p (for offset off)
+// that differ from cur; a nil cur stands for zeros (a fresh disk).
+func (r *runner) writeDiff(ctx context.Context, w hypervisor.WritableDisk, p, cur []byte, off int64) (int64, error) {
+	var written int64
+	start := -1 // start of the current run of differing blocks
+	flush := func(end int) error {
+		if start < 0 {
+			return nil
+		}
+		err := r.write(ctx, w, p[start:end], off+int64(start))
+		written += int64(end - start)
+		start = -1
+		return err
+	}
+	for g := 0; g < len(p); g += writeGrain {
+		e := min(g+writeGrain, len(p))
+		var differs bool
+		if cur == nil {
+			differs = !pipeline.IsZero(p[g:e])
+		} else {
+			differs = !bytes.Equal(p[g:e], cur[g:e])
+		}
+		switch {
+		case differs && start < 0:
+			start = g
+		case !differs:
+			if err := flush(g); err != nil {
+				return written, err
+			}
+		}
+	}
+	return written, flush(len(p))
 }
 
 func (r *runner) write(ctx context.Context, w hypervisor.WritableDisk, p []byte, off int64) error {
