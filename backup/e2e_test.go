@@ -593,3 +593,32 @@ func TestNewValidates(t *testing.T) {
 		t.Errorf("empty request: %v, want an error naming VMIDs", err)
 	}
 }
+
+// TestConsistency: application consistency that the guest cannot give
+// fails the VM (without retries), or falls back to crash consistency with
+// the reason recorded when allowed.
+func TestConsistency(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "mem", nil, backup.Config{Retries: 3})
+	vm := e.addVM(t, "web", 1)
+	job, err := e.svc.Backup(ctx, backup.Request{VMIDs: []string{vm.ID}, Consistency: hypervisor.ApplicationConsistent})
+	if !errors.Is(err, hypervisor.ErrUnsupported) || job.VMs[0].Retries != 0 || job.State != backup.JobFailed {
+		t.Fatalf("application consistency without fallback: err %v, state %s, retries %d", err, job.State, job.VMs[0].Retries)
+	}
+	job = e.backup(t, backup.Request{VMIDs: []string{vm.ID}, Consistency: hypervisor.ApplicationConsistent, AllowCrashFallback: true})
+	r := job.VMs[0]
+	m, err := e.repo.Point(ctx, r.PointID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Consistency != hypervisor.CrashConsistent || r.Note == "" || m.Consistency != "crash" || m.Note != r.Note {
+		t.Errorf("fallback: result %s %q, manifest %s %q; want crash with a note", r.Consistency, r.Note, m.Consistency, m.Note)
+	}
+
+	q := newEnv(t, "mem", &fake.Options{Quiesce: true}, backup.Config{})
+	qvm := q.addVM(t, "db", 2)
+	r = q.backup(t, backup.Request{VMIDs: []string{qvm.ID}, Consistency: hypervisor.ApplicationConsistent}).VMs[0]
+	if r.Consistency != hypervisor.ApplicationConsistent || r.Note != "" {
+		t.Errorf("quiescing guest: %s %q, want application consistency", r.Consistency, r.Note)
+	}
+}
