@@ -31,7 +31,6 @@ type snapshot struct {
 
 	mu       sync.Mutex
 	released bool
-	dead     bool // the QEMU serving it died
 	open     []*nbd.Conn
 }
 

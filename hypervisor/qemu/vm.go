@@ -68,7 +68,7 @@ func (v *vm) running() bool {
 		clear(v.guests)
 		for id, s := range v.snaps {
 			if s.p != v.offline {
-				s.dead = true
+				s.teardown() // only removes the files: QEMU is gone
 				delete(v.snaps, id)
 			}
 		}
@@ -218,8 +218,12 @@ func (v *vm) acquireOffline(ctx context.Context) (*proc, error) {
 // releaseOffline drops one reference to the storage daemon and quits it
 // (saving bitmaps) with the last. Call with mu held.
 func (v *vm) releaseOffline() {
+	if v.offline == nil {
+		v.offRefs = 0
+		return
+	}
 	v.offRefs--
-	if v.offRefs > 0 || v.offline == nil {
+	if v.offRefs > 0 {
 		return
 	}
 	if err := v.offline.quit(); err != nil {
@@ -367,7 +371,7 @@ func (h *Hypervisor) CreateVM(ctx context.Context, spec hypervisor.CreateSpec) (
 	}
 	var src VMSpec
 	if len(spec.Raw) > 0 && json.Unmarshal(spec.Raw, &src) == nil {
-		vs.Machine, vs.ExtraArgs, vs.Labels = src.Machine, src.ExtraArgs, src.Labels
+		vs.Machine, vs.ExtraArgs = src.Machine, src.ExtraArgs
 	}
 	for i, n := range spec.NICs {
 		if n.ID == "" {

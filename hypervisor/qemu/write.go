@@ -141,7 +141,9 @@ func (w *writable) Close() error {
 		defer w.v.mu.Unlock()
 		derr := w.p.delExport(ctx, w.export)
 		delete(w.v.writers, w.ds.ID)
-		w.v.releaseOffline()
+		if w.p == w.v.offline {
+			w.v.releaseOffline()
+		}
 		if ferr != nil {
 			w.err = fmt.Errorf("qemu: close disk %q: %w", w.ds.ID, ferr)
 		} else if derr != nil {
