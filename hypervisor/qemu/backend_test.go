@@ -488,3 +488,76 @@ func TestApplicationConsistency(t *testing.T) {
 		t.Errorf("agent commands (-want +got):\n%s", diff)
 	}
 }
+
+// A VM with a real machine type gets a virtio-blk device on each guest
+// node; snapshots and change tracking work with the device attached. The
+// CPUs stay paused (-S): no guest needs to run.
+func TestMachineQ35(t *testing.T) {
+	needQEMU(t)
+	dir := t.TempDir()
+	ctx := t.Context()
+	h, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	img := filepath.Join(dir, "a.qcow2")
+	if err := h.qemuImg(ctx, "create", "-q", "-f", "qcow2", img, "1M"); err != nil {
+		t.Fatal(err)
+	}
+	vm, err := h.Define(ctx, VMSpec{Name: "q35", Machine: "q35", CPUs: 1, MemoryB: 64 * mib, ExtraArgs: []string{"-S"},
+		Disks: []DiskSpec{{Image: img, BootOrder: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Start(ctx, vm.ID); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := h.lookup(vm.ID)
+	var devs []struct {
+		QDev string `json:"qdev"`
+	}
+	if err := v.run.qmp.Execute(ctx, "query-block", nil, &devs); err != nil {
+		t.Fatal(err)
+	}
+	if len(devs) != 1 || !strings.Contains(devs[0].QDev, "vmbd0dev") {
+		t.Errorf("query-block: %+v, want the disk's virtio-blk device", devs)
+	}
+	tok, s, _ := token(t, h, vm)
+	guestWrite(t, h, vm, 70000, []byte("q35"))
+	s.Release(ctx)
+	_, _, ct := token(t, h, vm)
+	got, err := changed(t, ct, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]hypervisor.Extent{{Offset: Granularity, Length: Granularity}}, got); diff != "" {
+		t.Errorf("changes (-want +got):\n%s", diff)
+	}
+}
+
+// While a snapshot of a stopped VM holds its images, Start is refused with
+// ErrConflict; after Release it works.
+func TestStartWhileStoppedSnapshotHeld(t *testing.T) {
+	h, vm := setup(t, Options{}, 1*mib)
+	ctx := t.Context()
+	if err := h.PowerOff(ctx, vm.ID); err != nil {
+		t.Fatal(err)
+	}
+	s, err := h.Snapshot(ctx, vm.ID, hypervisor.SnapshotOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Start(ctx, vm.ID); !errors.Is(err, hypervisor.ErrConflict) {
+		t.Errorf("Start while a snapshot of the stopped VM is held: %v, want ErrConflict", err)
+	}
+	if err := s.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Start(ctx, vm.ID); err != nil {
+		t.Fatalf("Start after Release: %v", err)
+	}
+	if got, _ := h.VM(ctx, vm.ID); got.Power != hypervisor.PowerRunning {
+		t.Errorf("power %q after Start", got.Power)
+	}
+}
