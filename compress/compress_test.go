@@ -2,7 +2,9 @@ package compress
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -448,5 +450,78 @@ func TestConcurrent(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// TestIncompressible checks the pre-check against what zstd really does: it
+// may only call a chunk incompressible when no zstd level saves 3 % on it,
+// and it must spot plain random data (else it saves no time).
+func TestIncompressible(t *testing.T) {
+	r := rand.New(rand.NewPCG(31, 32))
+	limited := func(n int) []byte {
+		b := make([]byte, chunkSize)
+		for i := range b {
+			b[i] = byte(r.IntN(n))
+		}
+		return b
+	}
+	withZeros := func(every int) []byte {
+		b := random(chunkSize, uint64(every))
+		for i := 0; i < len(b); i += every {
+			b[i] = 0
+		}
+		return b
+	}
+	tail := func(percent int) []byte {
+		b := random(chunkSize, 40)
+		clear(b[chunkSize-chunkSize*percent/100:])
+		return b
+	}
+	middle := random(chunkSize, 41)
+	clear(middle[chunkSize/2-chunkSize/20 : chunkSize/2+chunkSize/20])
+	halfRepeated := make([]byte, 0, chunkSize)
+	unit := random(64, 42)
+	for i := 0; len(halfRepeated) < chunkSize; i++ {
+		halfRepeated = append(halfRepeated, unit...)
+		halfRepeated = append(halfRepeated, random(64, uint64(100+i))...)
+	}
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want bool
+	}{
+		{"random", random(chunkSize, 30), true},
+		{"random 256 KiB", random(256<<10, 33), true},
+		{"random 48 KiB (too short to check)", random(48<<10, 34), false},
+		{"bytes below 250", limited(250), true},
+		{"bytes below 200", limited(200), false},
+		{"bytes below 16", limited(16), false},
+		{"every 16th byte zero", withZeros(16), false},
+		{"every 64th byte zero", withZeros(64), true},
+		{"5 % zeros at the end", tail(5), false},
+		{"10 % zeros in the middle", middle, false},
+		{"hex of random", []byte(hex.EncodeToString(random(chunkSize/2, 35))), false},
+		{"base64 of random", []byte(base64.StdEncoding.EncodeToString(random(chunkSize*3/4, 36))), false},
+		{"text", text(chunkSize, 37), false},
+		{"db pages", dbPages(chunkSize, 38), false},
+		{"zeros", zeros(chunkSize), false},
+		{"random 4 KiB repeated", bytes.Repeat(random(4096, 39), chunkSize/4096), false},
+		{"random 64 B repeated every 128 B", halfRepeated, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := incompressible(tc.data)
+			if got != tc.want {
+				t.Errorf("incompressible = %v, want %v", got, tc.want)
+			}
+			if !got {
+				return
+			}
+			for _, name := range []string{"zstd-fastest", "zstd", "zstd-better"} {
+				c, _ := Lookup(name)
+				if n := len(c.Compress(nil, tc.data)); (len(tc.data)-n)*100 >= minSavingPercent*len(tc.data) {
+					t.Errorf("called incompressible, but %s saves %.1f %%", name, 100-100*float64(n)/float64(len(tc.data)))
+				}
+			}
+		})
 	}
 }
