@@ -54,6 +54,19 @@
 // chain. Bitmap names carry a random nonce, so a new chain never revives
 // an old token.
 //
+// # Power
+//
+// Start runs QEMU; PowerOff and (for machine "none") Shutdown quit it over
+// QMP, which saves the bitmaps; Kill is a crash, for tests. A VM's Power is
+// "running" while its QEMU process runs (paused CPUs included).
+//
+// # Tests and demos
+//
+// [Hypervisor.GuestWrite] writes to a running VM's disk as its guest would
+// (through a writable NBD export of the guest node). HMP qemu-io would do
+// the same, but it prints its result on QEMU's stdout, so a failed write
+// could not be detected.
+//
 // # Consistency
 //
 // Snapshots are crash-consistent. An application-consistent snapshot

@@ -163,19 +163,26 @@ func (s *snapshot) take(ctx context.Context, freeze, fallback bool) error {
 			"filter-node-name": "vmbcbw" + base, "auto-dismiss": true,
 		}})
 	}
+	var thaw func()
 	if freeze {
-		thaw, err := s.freeze(ctx)
+		var err error
+		thaw, err = s.freeze(ctx)
 		if err != nil {
+			thaw = nil
 			if !fallback {
 				return fmt.Errorf("freeze guest file systems: %w: %w", hypervisor.ErrUnsupported, err)
 			}
 			s.info.Consistency = hypervisor.CrashConsistent
 			s.info.Note = "crash-consistent: guest agent: " + err.Error()
-		} else {
-			defer thaw()
 		}
 	}
-	if err := p.qmp.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil); err != nil {
+	// The transaction is the snapshot's instant: thaw right after it,
+	// whatever its outcome.
+	err := p.qmp.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil)
+	if thaw != nil {
+		thaw()
+	}
+	if err != nil {
 		return fmt.Errorf("start fleecing: %w", err)
 	}
 	if _, err := p.nbdServer(ctx); err != nil {
