@@ -516,3 +516,65 @@ func TestFakeClock(t *testing.T) {
 		t.Errorf("now %v", c.Now())
 	}
 }
+
+// jumpClock is a FakeClock whose wall clock can be set forward without
+// firing timers, like an NTP step or a resume from suspend.
+type jumpClock struct {
+	*FakeClock
+	mu     sync.Mutex
+	offset time.Duration
+}
+
+func (c *jumpClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.FakeClock.Now().Add(c.offset)
+}
+
+func (c *jumpClock) AfterFunc(d time.Duration, f func()) Timer { return c.FakeClock.AfterFunc(d, f) }
+
+func TestLocalClockJump(t *testing.T) {
+	h := newHarness(t, monday.Add(-time.Minute), 4, true)
+	jc := &jumpClock{FakeClock: h.clock}
+	h.s.clock = jc // before any plan is started
+	h.start(Entry{PlanID: "p", Incremental: Schedule{Kind: KindHours, Every: 1}})
+	jc.mu.Lock()
+	jc.offset = 3*time.Hour + 30*time.Minute // the wall clock is now Mon 03:29
+	jc.mu.Unlock()
+	h.clock.Advance(time.Minute) // the next MaxWait tick notices
+	h.settle()
+	h.check([]string{
+		"Mon 03:30 p missed due 03:00 missed 3 from 00:00",
+		"Mon 03:30 p started due 03:00",
+	})
+}
+
+func TestLocalQueuedThenWindowClosed(t *testing.T) {
+	// Window Monday 00:00–01:00. Plan a runs 00:30–01:30 (continue), so
+	// b's 00:45 run waits for the slot until the window has closed, and
+	// then for the next opening.
+	w := &Window{Ranges: []Range{{Weekdays: []Weekday{Monday}, Start: "00:00", End: "01:00"}}}
+	h := newHarness(t, monday, 1, false)
+	h.start(Entry{PlanID: "a", Incremental: Schedule{Kind: KindDays, Every: 1, Times: []string{"00:30"}}, Window: w, Overrun: OverrunContinue})
+	h.start(Entry{PlanID: "b", Incremental: Schedule{Kind: KindDays, Every: 1, Times: []string{"00:45"}}, Window: w})
+	h.clock.Advance(30 * time.Minute)
+	a := h.nextCall()
+	h.clock.Advance(time.Hour) // 00:45 b queued; 01:00 a overruns
+	h.finish(a, nil)
+	if st, _ := h.s.Status("b"); !st.Waiting {
+		t.Errorf("b: %+v, want waiting", st)
+	}
+	if err := h.s.Pause("b"); err != nil {
+		t.Fatal(err)
+	}
+	h.check([]string{
+		"Mon 00:30 a started due 00:30",
+		"Mon 00:45 b queued due 00:45",
+		"Mon 01:00 a overrun due 00:30: the window closed: run continues",
+		"Mon 01:30 b deferred due 00:45 until Mon 00:00",
+		"Mon 01:30 b skipped due 00:45: the plan is paused",
+	})
+	if n := h.clock.Timers(); n != 2 { // the two plans' next due times
+		t.Errorf("%d timers set, want 2 (the deferred run's timer must be stopped)", n)
+	}
+}
