@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	_ "time/tzdata" // Europe/Berlin on machines without a zone database
 
 	"github.com/google/go-cmp/cmp"
 )
