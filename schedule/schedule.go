@@ -193,8 +193,6 @@ func parseClock(s string, allow24 bool) (int, error) {
 	return h*60 + m, nil
 }
 
-func formatClock(min int) string { return fmt.Sprintf("%02d:%02d", min/60, min%60) }
-
 var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 
 // parseCron returns the bit sets of a 5-field expression.

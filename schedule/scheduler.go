@@ -472,21 +472,11 @@ func (s *Local) fire(st *planState, gen uint64) {
 // due decides what to do with a run at its due time.
 func (s *Local) due(st *planState, r Run) {
 	now := s.clock.Now()
-	w := st.e.Window
 	if st.paused {
 		s.skip(st, r, ReasonPaused)
 		return
 	}
 	if st.busy {
-		if st.pending != nil && st.deferred != nil && w != nil && w.InWindow(now) {
-			// The window opened at this very instant: start the waiting
-			// run first, then this one is the busy one.
-			st.deferred.Stop()
-			st.deferred = nil
-			p := *st.pending
-			st.pending, st.busy = nil, false
-			s.tryStart(st, p)
-		}
 		s.skip(st, r, ReasonBusy)
 		return
 	}

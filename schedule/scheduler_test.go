@@ -578,3 +578,53 @@ func TestLocalQueuedThenWindowClosed(t *testing.T) {
 		t.Errorf("%d timers set, want 2 (the deferred run's timer must be stopped)", n)
 	}
 }
+
+func TestLocalFullUnion(t *testing.T) {
+	h := newHarness(t, monday.Add(-time.Minute), 4, true)
+	h.start(Entry{PlanID: "p",
+		Incremental: Schedule{Kind: KindHours, Every: 2},
+		Full:        &Schedule{Kind: KindCron, Cron: "30 1 * * *"},
+	})
+	h.advance(3*time.Hour, 5*time.Minute)
+	h.check([]string{
+		"Mon 00:00 p started due 00:00",
+		"Mon 01:30 p started due 01:30 full",
+		"Mon 02:00 p started due 02:00",
+	})
+}
+
+func TestEventString(t *testing.T) {
+	at := time.Date(2027, 3, 8, 1, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		e    Event
+		want string
+	}{
+		{Event{PlanID: "p", Kind: EventSkipped, At: at, Due: at, Full: true, Reason: ReasonBusy},
+			"2027-03-08T01:00:00Z p skipped due 2027-03-08T01:00:00Z full: the plan's previous run is still going"},
+		{Event{PlanID: "p", Kind: EventDeferred, At: at, Due: at, CatchUp: true, Until: at.Add(time.Hour)},
+			"2027-03-08T01:00:00Z p deferred due 2027-03-08T01:00:00Z catch-up until 2027-03-08T02:00:00Z"},
+		{Event{PlanID: "p", Kind: EventMissed, At: at, Due: at, First: at.Add(-time.Hour), Missed: 2},
+			"2027-03-08T01:00:00Z p missed due 2027-03-08T01:00:00Z (2 missed from 2027-03-08T00:00:00Z)"},
+		{Event{PlanID: "p", Kind: EventFinished, At: at, Due: at, Err: errors.New("boom")},
+			"2027-03-08T01:00:00Z p finished due 2027-03-08T01:00:00Z: boom"},
+	} {
+		if got := tt.e.String(); got != tt.want {
+			t.Errorf("String() = %q, want %q", got, tt.want)
+		}
+	}
+}
+
+// TestSystemClock checks that the real clock's timers fire and stop; it
+// waits on channels, never on durations.
+func TestSystemClock(t *testing.T) {
+	fired := make(chan struct{})
+	SystemClock.AfterFunc(0, func() { close(fired) })
+	<-fired
+	stopped := SystemClock.AfterFunc(time.Hour, func() { t.Error("stopped timer fired") })
+	if !stopped.Stop() {
+		t.Error("Stop of a pending timer reported false")
+	}
+	if SystemClock.Now().IsZero() {
+		t.Error("zero time")
+	}
+}
