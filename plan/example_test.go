@@ -52,6 +52,6 @@ func ExamplePlan_Validate() {
 	// Output:
 	// objects: no backup objects: list vmIDs or selectors
 	// incremental.every: is 5, must be 15–59 minutes
-	// retention: no rule: set keepLast, keepWithin, a GFS count or keepForever
+	// retention: no rule: set KeepLast, KeepWithin, a GFS count (Hourly, Daily, Weekly, Monthly, Yearly) or KeepForever
 	// compression.codec: "lz4" is unknown, must be one of none, zstd-fastest, zstd, zstd-better, s2, s2-better
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmbackup/vmbackup/compress"
+	"github.com/vmbackup/vmbackup/retention"
 	"github.com/vmbackup/vmbackup/schedule"
 )
 
@@ -129,10 +130,11 @@ func (o Objects) Resolve(vms []VM) []string {
 	return ids
 }
 
-// Retention says which of the plan's automatic restore points to keep;
-// see the retention package for the semantics. Counts are of calendar
-// buckets in the plan's zone (Incremental.TZ). Zero means a rule is not
-// used; at least one rule must be set.
+// Retention says which of the plan's restore points to keep: the JSON
+// form of retention.Policy (whose Location is not serialisable and comes
+// from the plan's zone, Incremental.TZ). See the retention package for the
+// semantics and rules; Plan.Validate applies retention.Policy.Validate.
+// Zero means a rule is not used; at least one rule must be set.
 type Retention struct {
 	// KeepLast keeps the newest N points (ACOS COUNT).
 	KeepLast int `json:"keepLast,omitempty"`
@@ -153,6 +155,27 @@ type Retention struct {
 	// otherwise kept.
 	ForgetManual bool `json:"forgetManual,omitempty"`
 }
+
+// Policy returns the retention.Policy of r, with calendar buckets in loc
+// (nil means UTC; a plan passes its Location()).
+func (r Retention) Policy(loc *time.Location) retention.Policy {
+	return retention.Policy{
+		KeepLast:     r.KeepLast,
+		KeepWithin:   time.Duration(r.KeepWithin),
+		KeepForever:  r.KeepForever,
+		Hourly:       r.Hourly,
+		Daily:        r.Daily,
+		Weekly:       r.Weekly,
+		Monthly:      r.Monthly,
+		Yearly:       r.Yearly,
+		Location:     loc,
+		ForgetManual: r.ForgetManual,
+	}
+}
+
+// RetentionPolicy is the plan's retention in the plan's zone, ready for
+// retention.Apply.
+func (p *Plan) RetentionPolicy() retention.Policy { return p.Retention.Policy(p.Location()) }
 
 // Compression says how chunks are compressed.
 type Compression struct {
@@ -379,24 +402,18 @@ func (p *Plan) Validate() error {
 	sub("", p.OutsideWindow.Validate())
 	sub("", p.Overrun.Validate())
 
-	r := p.Retention
-	for _, c := range []struct {
-		name string
-		v    int
-	}{{"keepLast", r.KeepLast}, {"hourly", r.Hourly}, {"daily", r.Daily}, {"weekly", r.Weekly}, {"monthly", r.Monthly}, {"yearly", r.Yearly}} {
-		if c.v < 0 {
-			add("retention."+c.name, "is %d, must be > 0 (or 0 for unused)", c.v)
+	// Retention rules live in the retention package; re-root its errors.
+	for _, x := range flatten(p.Retention.Policy(nil).Validate()) {
+		var pe *retention.PolicyError
+		if errors.As(x, &pe) {
+			f := "retention"
+			if pe.Field != "" {
+				f += "." + strings.ToLower(pe.Field[:1]) + pe.Field[1:]
+			}
+			add(f, "%s", pe.Rule)
+		} else {
+			add("retention", "%v", x)
 		}
-	}
-	if r.KeepWithin < 0 {
-		add("retention.keepWithin", "is %s, must be > 0 (or 0 for unused)", r.KeepWithin)
-	}
-	counts := r.KeepLast > 0 || r.KeepWithin > 0 || r.Hourly > 0 || r.Daily > 0 || r.Weekly > 0 || r.Monthly > 0 || r.Yearly > 0
-	switch {
-	case r.KeepForever && counts:
-		add("retention.keepForever", "cannot be combined with other rules")
-	case !r.KeepForever && !counts:
-		add("retention", "no rule: set keepLast, keepWithin, a GFS count or keepForever")
 	}
 
 	if c := p.Compression.Codec; c != "" && !slices.Contains(compress.Names(), c) {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/vmbackup/vmbackup/retention"
 	"github.com/vmbackup/vmbackup/schedule"
 )
 
@@ -111,8 +112,8 @@ func TestValidate(t *testing.T) {
 			"retention.daily: is -2, must be > 0 (or 0 for unused)", "retention.weekly: is -3, must be > 0 (or 0 for unused)",
 			"retention.monthly: is -4, must be > 0 (or 0 for unused)", "retention.yearly: is -5, must be > 0 (or 0 for unused)",
 			"retention.keepWithin: is -1h0m0s, must be > 0 (or 0 for unused)",
-			"retention: no rule: set keepLast, keepWithin, a GFS count or keepForever"}},
-		{"retention none", func(p *Plan) { p.Retention = Retention{} }, []string{"retention: no rule: set keepLast, keepWithin, a GFS count or keepForever"}},
+			"retention: no rule: set KeepLast, KeepWithin, a GFS count (Hourly, Daily, Weekly, Monthly, Yearly) or KeepForever"}},
+		{"retention none", func(p *Plan) { p.Retention = Retention{} }, []string{"retention: no rule: set KeepLast, KeepWithin, a GFS count (Hourly, Daily, Weekly, Monthly, Yearly) or KeepForever"}},
 		{"retention forever and count", func(p *Plan) { p.Retention = Retention{KeepForever: true, KeepLast: 3} }, []string{"retention.keepForever: cannot be combined with other rules"}},
 		{"unknown codec", func(p *Plan) { p.Compression.Codec = "lz4" }, []string{
 			`compression.codec: "lz4" is unknown, must be one of none, zstd-fastest, zstd, zstd-better, s2, s2-better`}},
@@ -200,5 +201,21 @@ func TestHelpers(t *testing.T) {
 		if got := tt.c.CodecName(); got != tt.want {
 			t.Errorf("%+v.CodecName() = %s, want %s", tt.c, got, tt.want)
 		}
+	}
+}
+
+func TestRetentionPolicy(t *testing.T) {
+	p := valid()
+	got := p.RetentionPolicy()
+	if got.Location == nil || got.Location.String() != "Europe/Berlin" {
+		t.Errorf("location %v, want the plan's zone", got.Location)
+	}
+	got.Location = nil
+	want := retention.Policy{KeepLast: 7, KeepWithin: 36 * time.Hour, Daily: 7, Weekly: 4, Monthly: 12, Yearly: 3, ForgetManual: true}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("policy (-want +got):\n%s", diff)
+	}
+	if err := got.Validate(); err != nil {
+		t.Error(err)
 	}
 }

@@ -27,7 +27,8 @@ const (
 	KindHours Kind = "hours"
 	// KindDays runs every Every days (1–365) at each of Times. Days are
 	// counted from StartDate (default 1970-01-01): a day runs when the
-	// number of local days since StartDate is a multiple of Every.
+	// number of local days since StartDate is a multiple of Every; no day
+	// before StartDate runs.
 	KindDays Kind = "days"
 	// KindWeekly runs at each of Times on each of Weekdays.
 	KindWeekly Kind = "weekly"
