@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -325,7 +326,7 @@ func TestDecodeCorrupt(t *testing.T) {
 		b[i] ^= 0x40
 		return b
 	}
-	// A zstd frame of 1 GiB of zeros is tiny; its header claims the size.
+	// 4 MiB of zeros make a tiny zstd frame whose header claims 4 MiB.
 	big := mustEncode(t, "zstd-fastest", zeros(4<<20))
 	for _, tc := range []struct {
 		name    string
@@ -523,5 +524,22 @@ func TestIncompressible(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRoundTripLargestChunk: the largest chunk size a repository allows
+// (16 MiB) round-trips, also past the 1 MiB zstd window.
+func TestRoundTripLargestChunk(t *testing.T) {
+	src := slices.Concat(dbPages(8<<20, 50), text(8<<20, 51))
+	for _, name := range []string{"zstd-fastest", "s2"} {
+		c, _ := Lookup(name)
+		enc := Encode(nil, c, src)
+		if Tag(enc[0]) != c.Tag() {
+			t.Fatalf("%s: 16 MiB of pages and text stored as %s", name, Tag(enc[0]))
+		}
+		got, err := Decode(nil, enc, len(src))
+		if err != nil || !bytes.Equal(got, src) {
+			t.Fatalf("%s: 16 MiB round trip failed: %v", name, err)
+		}
 	}
 }
