@@ -277,6 +277,7 @@ type FieldError struct {
 	Rule  string
 }
 
+// Error returns "plan: <field>: <rule>".
 func (e *FieldError) Error() string { return "plan: " + e.Field + ": " + e.Rule }
 
 // ErrInvalid is wrapped by the error of Validate (and of Store.Put for an

@@ -142,6 +142,7 @@ type FieldError struct {
 	Rule string
 }
 
+// Error returns "schedule: <field>: <rule>".
 func (e *FieldError) Error() string { return "schedule: " + e.Field + ": " + e.Rule }
 
 type problems []error

@@ -157,6 +157,7 @@ type Event struct {
 	Err error
 }
 
+// String renders the event on one line for logs and examples.
 func (e Event) String() string {
 	s := fmt.Sprintf("%s %s %s due %s", e.At.Format(time.RFC3339), e.PlanID, e.Kind, e.Due.Format(time.RFC3339))
 	if e.Full {
