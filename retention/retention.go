@@ -30,8 +30,9 @@
 //     retention never leaves a VM without a restore point.
 //   - A point is kept if any rule keeps it, and each rule counts on its own:
 //     with KeepLast 3 and Daily 7, today's newest point counts both as one
-//     of the last 3 and as today's daily point. (Proxmox instead lets each
-//     rule continue where the previous ones stopped, keeping more points.)
+//     of the last 3 and as today's daily point. (Proxmox instead skips
+//     buckets already covered by a point an earlier rule kept, so there the
+//     rules add up: the last 3 points plus 7 older days.)
 //   - GFS counts buckets that hold points, newest first, not calendar
 //     periods: Daily 7 with a VM backed up on weekdays only keeps the last
 //     7 weekdays with a backup. Restic additionally keeps the oldest point
@@ -57,9 +58,9 @@
 //
 // A Policy must set at least one rule: the zero Policy is invalid rather
 // than silently keeping everything (or nothing); set KeepForever to keep
-// every point. KeepForever cannot be combined with other rules, counts and
-// durations must not be negative (0 means the rule is not used), as ACOS
-// requires a retention value > 0 where one is set.
+// every point. KeepForever cannot be combined with other rules. Counts and
+// durations must not be negative, and 0 means the rule is not used (ACOS:
+// a retention value must be positive where one is set).
 package retention
 
 import (
@@ -171,7 +172,7 @@ func (p Policy) hasRule() bool {
 }
 
 // String describes p for logs and dry runs, e.g.
-// "last 7, within 7d, daily 7, weekly 4 (Europe/Berlin)" or "forever".
+// "last 7, within 7d, daily 7, weekly 4 (Europe/Berlin)" or "forever (UTC)".
 func (p Policy) String() string {
 	var parts []string
 	if p.KeepForever {
