@@ -174,11 +174,20 @@ func LoadLocation(tz string) (*time.Location, error) {
 	return loc, nil
 }
 
+func isDigits(s string) bool {
+	for _, c := range []byte(s) {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
 // ParseClock parses "HH:MM" (00:00–23:59) into minutes after midnight.
 func ParseClock(s string) (int, error) { return parseClock(s, false) }
 
 func parseClock(s string, allow24 bool) (int, error) {
-	if len(s) != 5 || s[2] != ':' {
+	if len(s) != 5 || s[2] != ':' || !isDigits(s[:2]) || !isDigits(s[3:]) {
 		return 0, fmt.Errorf("%q is not HH:MM", s)
 	}
 	h, err1 := strconv.Atoi(s[:2])

@@ -279,8 +279,9 @@ func TestScheduleValidate(t *testing.T) {
 		{"days range", Schedule{Kind: KindDays, Every: 366, Times: []string{"01:00"}}, []string{"every: is 366, must be 1–365 days"}},
 		{"days without times", Schedule{Kind: KindDays, Every: 1}, []string{"times: at least one time of day HH:MM is required"}},
 		{"bad start date", Schedule{Kind: KindDays, Every: 1, Times: []string{"01:00"}, StartDate: "2027-02-30"}, []string{`startDate: "2027-02-30" is not a date YYYY-MM-DD`}},
-		{"bad times", Schedule{Kind: KindDays, Every: 1, Times: []string{"1:00", "24:00", "10:60"}}, []string{
-			`times[0]: "1:00" is not HH:MM`, `times[1]: "24:00" is not a time of day (00:00–23:59)`, `times[2]: "10:60" is not HH:MM`}},
+		{"bad times", Schedule{Kind: KindDays, Every: 1, Times: []string{"1:00", "24:00", "10:60", "+1:00", "10:+5"}}, []string{
+			`times[0]: "1:00" is not HH:MM`, `times[1]: "24:00" is not a time of day (00:00–23:59)`, `times[2]: "10:60" is not HH:MM`,
+			`times[3]: "+1:00" is not HH:MM`, `times[4]: "10:+5" is not HH:MM`}},
 		{"times too close", Schedule{Kind: KindDays, Every: 1, Times: []string{"10:10", "10:00", "12:00", "12:00"}}, []string{
 			"times[0]: 10:10 is 10 minutes after times[1] 10:00, must be at least 15 apart",
 			"times[3]: 12:00 is 0 minutes after times[2] 12:00, must be at least 15 apart"}},
