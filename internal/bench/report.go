@@ -1,0 +1,291 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// results collects the phases of every run, by tool and step, in the order
+// they were first seen.
+type results struct {
+	tools []string
+	steps map[string][]string
+	runs  map[string]map[string][]Phase
+}
+
+func newResults() *results {
+	return &results{steps: map[string][]string{}, runs: map[string]map[string][]Phase{}}
+}
+
+func (r *results) add(tool string, phases []Phase) {
+	if r.runs[tool] == nil {
+		r.tools = append(r.tools, tool)
+		r.runs[tool] = map[string][]Phase{}
+	}
+	for _, p := range phases {
+		if _, ok := r.runs[tool][p.Step]; !ok {
+			r.steps[tool] = append(r.steps[tool], p.Step)
+		}
+		r.runs[tool][p.Step] = append(r.runs[tool][p.Step], p)
+	}
+}
+
+// summary is the runs of one tool's step reduced to medians; PeakRSS is the
+// largest of the runs.
+type summary struct {
+	n                  int
+	wall, minW, maxW   time.Duration
+	user, sys          time.Duration
+	peakRSS            int64
+	repo, growth       int64
+	files              int
+	inProcess, checked bool
+	note               string
+}
+
+func (r *results) summary(tool, step string) (summary, bool) {
+	ps := r.runs[tool][step]
+	if len(ps) == 0 {
+		return summary{}, false
+	}
+	s := summary{n: len(ps), checked: true, note: ps[0].Note}
+	med := func(f func(Phase) int64) int64 {
+		v := make([]int64, len(ps))
+		for i, p := range ps {
+			v[i] = f(p)
+		}
+		slices.Sort(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	s.wall = time.Duration(med(func(p Phase) int64 { return int64(p.Wall) }))
+	s.user = time.Duration(med(func(p Phase) int64 { return int64(p.User) }))
+	s.sys = time.Duration(med(func(p Phase) int64 { return int64(p.Sys) }))
+	s.repo = med(func(p Phase) int64 { return p.RepoBytes })
+	s.growth = med(func(p Phase) int64 { return p.Growth })
+	s.files = int(med(func(p Phase) int64 { return int64(p.RepoFiles) }))
+	s.minW, s.maxW = ps[0].Wall, ps[0].Wall
+	for _, p := range ps {
+		s.minW, s.maxW = min(s.minW, p.Wall), max(s.maxW, p.Wall)
+		s.peakRSS = max(s.peakRSS, p.PeakRSS)
+		s.inProcess = s.inProcess || p.InProcess
+		s.checked = s.checked && p.Verified
+	}
+	return s, true
+}
+
+func secs(d time.Duration) string { return fmt.Sprintf("%.2f", d.Seconds()) }
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+func mibNum(n int64) string { return fmt.Sprintf("%.1f", float64(n)/(1<<20)) }
+
+// mbps is the logical image size per second of wall time, in MB/s.
+func mbps(size int64, d time.Duration) string {
+	if d <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f", float64(size)/1e6/d.Seconds())
+}
+
+// header prints what was measured and how.
+func header(w io.Writer, cfg config, ws *workspace) {
+	holes := 100 * float64(ws.size-ws.alloc) / float64(ws.size)
+	nblocks := (ws.size + 64<<10 - 1) / (64 << 10)
+	mode := "scattered"
+	if cfg.clustered {
+		mode = "clustered in runs"
+	}
+	fmt.Fprintf(w, "image: %s logical (seed %d), %s allocated, %.1f %% holes; mutation: %d of %d 64 KiB blocks rewritten (%.2g %%), %s\n",
+		formatSize(ws.size), cfg.seed, mib(ws.alloc), holes, ws.blocks, nblocks, 100*cfg.fraction, mode)
+	cache := "not dropped (inputs are read from the page cache; -drop-caches to drop it before every step)"
+	if cfg.drop {
+		cache = "dropped before every step"
+	}
+	fmt.Fprintf(w, "machine: %s; page cache: %s\n", machine(), cache)
+}
+
+// report prints the main table and the ratios.
+func report(w io.Writer, cfg config, ws *workspace, tools []string, res *results) {
+	header(w, cfg, ws)
+	fmt.Fprintf(w, "vmbackup and ref: %s chunks, codec %s; %d run(s) interleaved; medians, wall [min–max], peak RSS the largest; MB/s = logical image size / wall\n\n",
+		formatSize(cfg.chunk), cfg.codec, cfg.runs)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "tool\tstep\twall s\t[min–max]\tMB/s\tuser s\tsys s\tpeak RSS MiB\trepo MiB\tgrowth MiB\tobjects\trestore\t")
+	for _, t := range res.tools {
+		for _, st := range res.steps[t] {
+			s, _ := res.summary(t, st)
+			mark := ""
+			if s.inProcess {
+				mark = "*"
+			}
+			repo, growth, files, check := "", "", "", ""
+			switch {
+			case st == stepRestore:
+				check = "FAILED"
+				if s.checked {
+					check = "identical"
+				}
+			case st == stepFull:
+				repo, files = mibNum(s.repo), fmt.Sprint(s.files)
+			default:
+				repo, growth, files = mibNum(s.repo), "+"+mibNum(s.growth), fmt.Sprint(s.files)
+			}
+			fmt.Fprintf(tw, "%s\t%s%s\t%s\t[%s–%s]\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+				t, st, mark, secs(s.wall), secs(s.minW), secs(s.maxW), mbps(ws.size, s.wall),
+				secs(s.user), secs(s.sys), mibNum(s.peakRSS), repo, growth, files, check)
+		}
+	}
+	tw.Flush()
+	if _, ok := res.runs["vmbackup"]; ok {
+		fmt.Fprintln(w, "* measured inside the process that ran the three backups (getrusage deltas, VmHWM reset before the phase)")
+		ratios(w, res)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "notes:")
+	for _, t := range res.tools {
+		if p, ok := peers[t]; ok {
+			fmt.Fprintln(w, "  "+p.note)
+		}
+	}
+	if slices.Contains(res.tools, "ref") {
+		fmt.Fprintln(w, "  ref: allocated extents, SHA-256, zero chunks skipped, same chunk size and codec as vmbackup, one file per chunk, all cores; restore through the page cache")
+	}
+	for _, t := range []string{"vmbackup"} {
+		for _, st := range res.steps[t] {
+			if s, _ := res.summary(t, st); s.note != "" {
+				fmt.Fprintf(w, "  vmbackup %s: %s\n", st, s.note)
+			}
+		}
+	}
+}
+
+// peerStep maps vmbackup's steps onto a peer's: restic and borg have one
+// incremental, which reads everything.
+func peerStep(peer, step string) string {
+	if _, ok := peers[peer]; ok && (step == stepIncrCBT || step == stepIncrHash) {
+		return stepIncr
+	}
+	return step
+}
+
+// ratios prints vmbackup against every other tool.
+func ratios(w io.Writer, res *results) {
+	var others []string
+	for _, t := range res.tools {
+		if t != "vmbackup" {
+			others = append(others, t)
+		}
+	}
+	if len(others) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "vmbackup against each tool: speed-up = tool's wall / vmbackup's wall (above 1: vmbackup is faster);")
+	fmt.Fprintln(w, "size, growth and RSS = vmbackup's / tool's (below 1: vmbackup is smaller); restic and borg incr = their second backup")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "\t%s\t\n", strings.Join(prefixAll("vs ", others), "\t"))
+	for _, st := range res.steps["vmbackup"] {
+		v, _ := res.summary("vmbackup", st)
+		row := []string{"speed-up " + st}
+		for _, o := range others {
+			s, ok := res.summary(o, peerStep(o, st))
+			row = append(row, ratio(ok, float64(s.wall), float64(v.wall), "×"))
+		}
+		fmt.Fprintf(tw, "%s\t\n", strings.Join(row, "\t"))
+	}
+	for _, m := range []struct {
+		name string
+		step string
+		f    func(summary) int64
+	}{
+		{"repository size", stepFull, func(s summary) int64 { return s.repo }},
+		{"growth (incr-cbt)", stepIncrCBT, func(s summary) int64 { return s.growth }},
+		{"peak RSS full", stepFull, func(s summary) int64 { return s.peakRSS }},
+		{"peak RSS restore", stepRestore, func(s summary) int64 { return s.peakRSS }},
+	} {
+		v, vok := res.summary("vmbackup", m.step)
+		row := []string{m.name}
+		for _, o := range others {
+			s, ok := res.summary(o, peerStep(o, m.step))
+			row = append(row, ratio(ok && vok, float64(m.f(v)), float64(m.f(s)), ""))
+		}
+		fmt.Fprintf(tw, "%s\t\n", strings.Join(row, "\t"))
+	}
+	tw.Flush()
+}
+
+func prefixAll(p string, s []string) []string {
+	out := make([]string, len(s))
+	for i, v := range s {
+		out[i] = p + v
+	}
+	return out
+}
+
+func ratio(ok bool, a, b float64, unit string) string {
+	if !ok || b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f%s", a/b, unit)
+}
+
+// runMatrix runs vmbackup (and ref) at every chunk size and codec: full
+// and incremental with change tracking, no restore.
+func runMatrix(ctx context.Context, cfg config, ws *workspace, tools []string) error {
+	w := cfg.out
+	type key struct {
+		tool  string
+		chunk int64
+		codec string
+	}
+	res := map[key]*results{}
+	var keys []key
+	for r := 1; r <= cfg.runs; r++ {
+		for _, c := range cfg.mChunks {
+			for _, codec := range cfg.mCodecs {
+				for _, t := range tools {
+					k := key{t, c, codec}
+					if res[k] == nil {
+						res[k] = newResults()
+						keys = append(keys, k)
+					}
+					t0 := time.Now()
+					phases, err := runToolRound(ctx, cfg, ws, t, r, c, codec, false)
+					if err != nil {
+						return fmt.Errorf("%s %s %s, run %d: %w", t, formatSize(c), codec, r, err)
+					}
+					res[k].add(t, phases)
+					fmt.Fprintf(w, "run %d/%d %-8s %6s %-12s done in %.1fs\n", r, cfg.runs, t, formatSize(c), codec, time.Since(t0).Seconds())
+				}
+			}
+		}
+	}
+	fmt.Fprintln(w)
+	header(w, cfg, ws)
+	fmt.Fprintf(w, "%d run(s) interleaved; medians; objects per GiB = repository files after the full backup per GiB of logical image\n\n", cfg.runs)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "tool\tchunk\tcodec\tfull s\tMB/s\tfull CPU s\tincr-cbt s\tincr CPU s\trepo MiB\tgrowth MiB\tobjects/GiB\tpeak RSS MiB\t")
+	for _, k := range keys {
+		r := res[k]
+		f, _ := r.summary(k.tool, stepFull)
+		i, _ := r.summary(k.tool, stepIncrCBT)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t+%s\t%.0f\t%s\t\n", k.tool, formatSize(k.chunk), k.codec,
+			secs(f.wall), mbps(ws.size, f.wall), secs(f.user+f.sys), secs(i.wall), secs(i.user+i.sys),
+			mibNum(f.repo), mibNum(i.growth), float64(f.files)/(float64(ws.size)/(1<<30)), mibNum(max(f.peakRSS, i.peakRSS)))
+	}
+	return tw.Flush()
+}
+
+// writeJSON prints v as JSON.
+func writeJSON(w io.Writer, v any) error {
+	return json.NewEncoder(w).Encode(v)
+}
