@@ -407,6 +407,17 @@ func (r *runner) restoreDisk(ctx context.Context, dw hypervisor.DiskWriter, vmID
 	}()
 	cs := idx.ChunkSize()
 	limit := min(w.Size(), d.Size)
+	// A target that reports its allocated extents (an optional ability of
+	// a WritableDisk) reads as zeros elsewhere: those parts are not read.
+	var alloc []hypervisor.Extent
+	if er, ok := w.(hypervisor.ExtentReporter); ok && !fresh {
+		if alloc, err = er.AllocatedExtents(ctx); err != nil {
+			return res, fmt.Errorf("allocated extents: %w", err)
+		}
+		if alloc == nil {
+			alloc = []hypervisor.Extent{}
+		}
+	}
 
 	var spans []pipeline.Span
 	if fresh {
@@ -461,7 +472,7 @@ func (r *runner) restoreDisk(ctx context.Context, dw hypervisor.DiskWriter, vmID
 					return nil
 				}
 				off, end := pipeline.SlotRange(i, limit, cs)
-				wn, rd, err := r.restoreChunk(gctx, src, w, idx.Get(i), i, off, end, fresh, buf, old)
+				wn, rd, err := r.restoreChunk(gctx, src, w, alloc, idx.Get(i), i, off, end, fresh, buf, old)
 				if err != nil {
 					return fmt.Errorf("chunk at %d (%s): %w", off, idx.Get(i), err)
 				}
@@ -521,9 +532,10 @@ func changedSpans(ctx context.Context, w hypervisor.WritableDisk, token string, 
 const writeGrain = 64 << 10
 
 // restoreChunk makes [off, end) of w hold slot i's content (id), using
-// buf (and, unless the disk is fresh, cur) as scratch. It returns the
+// buf (and, unless the disk is fresh, cur) as scratch. alloc, if not nil,
+// is where the target may hold data. It returns the
 // bytes written to w and read from the repository.
-func (r *runner) restoreChunk(ctx context.Context, src *repository.DiskReader, w hypervisor.WritableDisk, id repository.ChunkID, i int, off, end int64, fresh bool, buf, cur []byte) (written, rd int64, err error) {
+func (r *runner) restoreChunk(ctx context.Context, src *repository.DiskReader, w hypervisor.WritableDisk, alloc []hypervisor.Extent, id repository.ChunkID, i int, off, end int64, fresh bool, buf, cur []byte) (written, rd int64, err error) {
 	if fresh && id.IsZero() {
 		return 0, 0, nil
 	}
@@ -531,9 +543,15 @@ func (r *runner) restoreChunk(ctx context.Context, src *repository.DiskReader, w
 	if !fresh {
 		// Look at what the target holds: nothing to do if equal already.
 		cur = cur[:n]
-		if err := pipeline.ReadFull(w, cur, off); err != nil {
-			return 0, 0, fmt.Errorf("read target: %w", err)
+		pos := off
+		for _, e := range pipeline.Within(nil, alloc, off, end) {
+			clear(cur[pos-off : e.Offset-off])
+			if err := pipeline.ReadFull(w, cur[e.Offset-off:e.End()-off], e.Offset); err != nil {
+				return 0, 0, fmt.Errorf("read target: %w", err)
+			}
+			pos = e.End()
 		}
+		clear(cur[pos-off:])
 		if id.IsZero() {
 			if pipeline.IsZero(cur) {
 				return 0, 0, nil
