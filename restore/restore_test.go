@@ -1,0 +1,156 @@
+package restore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+
+	_ "gocloud.dev/blob/memblob"
+
+	"github.com/vmbackup/vmbackup/hypervisor"
+	"github.com/vmbackup/vmbackup/hypervisor/fake"
+	"github.com/vmbackup/vmbackup/internal/testimage"
+	"github.com/vmbackup/vmbackup/repository"
+	"github.com/vmbackup/vmbackup/restore"
+)
+
+// extentWriter wraps the fake so that its writable disks report allocated
+// extents (all of a disk that was written, nothing of one that was not),
+// and counts reads of the target.
+type extentWriter struct {
+	*fake.Hypervisor
+	empty map[string]bool // disk ids known to be empty
+	reads atomic.Int64
+}
+
+type extentDisk struct {
+	hypervisor.WritableDisk
+	w     *extentWriter
+	empty bool
+}
+
+func (d *extentDisk) AllocatedExtents(ctx context.Context) ([]hypervisor.Extent, error) {
+	if d.empty {
+		return nil, nil
+	}
+	return []hypervisor.Extent{{Offset: 0, Length: d.Size()}}, nil
+}
+
+func (d *extentDisk) ReadAt(p []byte, off int64) (int, error) {
+	d.w.reads.Add(int64(len(p)))
+	return d.WritableDisk.ReadAt(p, off)
+}
+
+func (h *extentWriter) OpenDiskForWrite(ctx context.Context, vmID, diskID string) (hypervisor.WritableDisk, error) {
+	w, err := h.Hypervisor.OpenDiskForWrite(ctx, vmID, diskID)
+	if err != nil {
+		return nil, err
+	}
+	return &extentDisk{WritableDisk: w, w: h, empty: h.empty[vmID+"/"+diskID]}, nil
+}
+
+type writerAt struct {
+	hv         *fake.Hypervisor
+	vmID, disk string
+}
+
+func (w writerAt) WriteAt(p []byte, off int64) (int, error) {
+	return len(p), w.hv.WriteDisk(context.Background(), w.vmID, w.disk, off, p)
+}
+
+// point backs up the VM's first disk by hand (the engine lives in package
+// backup), returning the manifest and the disk's content.
+func point(t *testing.T, repo *repository.Repository, hv *fake.Hypervisor, vm hypervisor.VM) (*repository.Manifest, []byte) {
+	t.Helper()
+	ctx := context.Background()
+	d := vm.Disks[0]
+	data := make([]byte, d.Size)
+	if err := hv.ReadDisk(ctx, vm.ID, d.ID, 0, data); err != nil {
+		t.Fatal(err)
+	}
+	pw, err := repo.NewPointWriter(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := repo.Config().ChunkSize
+	idx := repository.NewIndex(d.Size, cs)
+	for i := 0; i < idx.Len(); i++ {
+		p := data[i*cs : min((i+1)*cs, len(data))]
+		if bytes.Count(p, []byte{0}) == len(p) {
+			continue
+		}
+		id := repo.HashChunk(p)
+		if _, err := pw.PutChunk(ctx, id, p); err != nil {
+			t.Fatal(err)
+		}
+		idx.Set(i, id)
+	}
+	m := &repository.Manifest{VMID: vm.ID, VMName: vm.Name, Kind: "full", Consistency: "crash",
+		Disks: []repository.DiskRecord{{ID: d.ID, Size: d.Size}}}
+	if err := pw.Commit(ctx, m, map[string]*repository.Index{d.ID: idx}); err != nil {
+		t.Fatal(err)
+	}
+	return m, data
+}
+
+func TestInPlaceSkipsUnallocatedTarget(t *testing.T) {
+	ctx := context.Background()
+	repo, err := repository.Init(ctx, "mem://", &repository.InitOptions{ChunkSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repo.Close()
+	hv := &extentWriter{Hypervisor: fake.New(nil), empty: map[string]bool{}}
+	defer hv.Close()
+	src, err := hv.AddVM(hypervisor.VM{Name: "src", Disks: []hypervisor.DiskInfo{{Size: 4 << 20}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testimage.Generate(ctx, writerAt{hv.Hypervisor, src.ID, "disk-1"}, 4<<20, 3); err != nil {
+		t.Fatal(err)
+	}
+	m, want := point(t, repo, hv.Hypervisor, src)
+	dst, err := hv.AddVM(hypervisor.VM{Name: "dst", Power: hypervisor.PowerStopped, Disks: []hypervisor.DiskInfo{{Size: 4 << 20}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hv.empty[dst.ID+"/disk-1"] = true
+
+	res, err := restore.InPlace(ctx, hv, repo, m, &restore.InPlaceOptions{VMID: dst.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hv.reads.Load() != 0 {
+		t.Errorf("an empty target was read (%d bytes)", hv.reads.Load())
+	}
+	got := make([]byte, len(want))
+	if err := hv.ReadDisk(ctx, dst.ID, "disk-1", 0, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("restored disk differs from the point")
+	}
+	if d := res.Disks[0]; d.Method != restore.MethodCompare || d.BytesWritten >= d.Size {
+		t.Errorf("method %s wrote %d of %d bytes; zero blocks should be skipped", d.Method, d.BytesWritten, d.Size)
+	}
+
+	// Restoring again onto the now allocated disk reads it and writes nothing.
+	delete(hv.empty, dst.ID+"/disk-1")
+	res, err = restore.InPlace(ctx, hv, repo, m, &restore.InPlaceOptions{VMID: dst.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hv.reads.Load() == 0 || res.BytesWritten != 0 {
+		t.Errorf("second restore read %d and wrote %d bytes; want a read and no write", hv.reads.Load(), res.BytesWritten)
+	}
+
+	// A running VM is refused, an unknown VM is not found.
+	if _, err := restore.InPlace(ctx, hv, repo, m, nil); !errors.Is(err, restore.ErrVMRunning) {
+		t.Errorf("restore onto the running source: %v, want ErrVMRunning", err)
+	}
+	if _, err := restore.InPlace(ctx, hv, repo, m, &restore.InPlaceOptions{VMID: "nope"}); !errors.Is(err, hypervisor.ErrNotFound) {
+		t.Errorf("restore onto an unknown vm: %v, want ErrNotFound", err)
+	}
+}
