@@ -7,7 +7,8 @@ package main
 // Backup: find the allocated extents (SEEK_DATA/SEEK_HOLE), cut the image
 // into fixed chunks aligned to offsets, and on every core: read a chunk's
 // allocated parts, skip it if all zeros, SHA-256 it, skip it if the
-// repository has it, compress it with the codec vmbackup uses, and write it
+// repository has it (known from the previous point's index, else one stat),
+// compress it with the codec vmbackup uses, and write it
 // as one file (chunks/<2 hex>/<64 hex>). The index (one id per slot) is one
 // file. The incremental with change tracking handles only the chunks that
 // the mutation touched (as a hypervisor's dirty bitmap would report them);
@@ -171,6 +172,11 @@ func (r *refRepo) backup(ctx context.Context, image string, x *refIndex, slots [
 				r.have[id] = true
 				r.mu.Unlock()
 				if dup {
+					continue
+				}
+				// Not in the base point: ask the repository, as a
+				// PointWriter asks its bucket.
+				if _, err := os.Stat(r.chunkPath(id)); err == nil {
 					continue
 				}
 				enc = compress.Encode(enc[:0], r.codec, p)
