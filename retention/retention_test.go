@@ -71,6 +71,9 @@ func goldenCases(t testing.TB) []goldenCase {
 	// Every 20 minutes through the DST nights in Berlin.
 	spring := series("vm-1", time.Date(2026, 3, 28, 23, 0, 0, 0, berlin), time.Date(2026, 3, 29, 5, 0, 0, 0, berlin), 20*time.Minute)
 	fall := series("vm-1", time.Date(2026, 10, 24, 23, 0, 0, 0, berlin), time.Date(2026, 10, 25, 5, 0, 0, 0, berlin), 20*time.Minute)
+	// Every 30 minutes through the New York fall-back night (1 November).
+	newYork := mustLoad(t, "America/New_York")
+	nyFall := series("vm-1", time.Date(2026, 10, 31, 23, 0, 0, 0, newYork), time.Date(2026, 11, 1, 4, 0, 0, 0, newYork), 30*time.Minute)
 
 	// Hourly scheduled points and three made by hand in between.
 	manual := series("vm-1", time.Date(2026, 11, 24, 0, 0, 0, 0, berlin), time.Date(2026, 11, 24, 12, 0, 0, 0, berlin), time.Hour)
@@ -104,6 +107,7 @@ func goldenCases(t testing.TB) []goldenCase {
 		{"gfs-month-end-utc", lateUTC, Policy{Daily: 5, Monthly: 2}, time.Date(2026, 4, 3, 0, 0, 0, 0, time.UTC)},
 		{"dst-berlin-spring", spring, Policy{Hourly: 5, Daily: 2, Location: berlin}, time.Date(2026, 3, 29, 5, 0, 0, 0, berlin)},
 		{"dst-berlin-fall", fall, Policy{Hourly: 5, Daily: 2, Location: berlin}, time.Date(2026, 10, 25, 5, 0, 0, 0, berlin)},
+		{"dst-new-york-fall", nyFall, Policy{Hourly: 4, Daily: 2, Location: newYork}, time.Date(2026, 11, 1, 4, 0, 0, 0, newYork)},
 		{"manual-kept", manual, Policy{KeepLast: 3, Location: berlin}, manualNow},
 		{"manual-forgotten", manual, Policy{KeepLast: 3, ForgetManual: true, Location: berlin}, manualNow},
 		{"multi-vm", multi, Policy{KeepLast: 2, KeepWithin: 3 * time.Hour}, multiNow},
