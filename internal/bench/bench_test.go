@@ -94,7 +94,7 @@ func TestRefPipeline(t *testing.T) {
 	}
 	for _, name := range []string{"cbt", "hash"} {
 		target := filepath.Join(dir, name+".raw")
-		if _, err := refRestore(ctx, repo, name, target, cs); err != nil {
+		if _, err := refRestore(ctx, repo, name, target, cs, name == "hash"); err != nil {
 			t.Fatal(err)
 		}
 		if err := sameContent(mut, target); err != nil {
@@ -102,7 +102,7 @@ func TestRefPipeline(t *testing.T) {
 		}
 	}
 	target := filepath.Join(dir, "full.raw")
-	if _, err := refRestore(ctx, repo, "full", target, cs); err != nil {
+	if _, err := refRestore(ctx, repo, "full", target, cs, false); err != nil {
 		t.Fatal(err)
 	}
 	if err := sameContent(base, target); err != nil {
@@ -133,7 +133,7 @@ func TestRefPipeline(t *testing.T) {
 			break
 		}
 	}
-	if _, err := refRestore(ctx, repo, "full", filepath.Join(dir, "bad.raw"), cs); err == nil {
+	if _, err := refRestore(ctx, repo, "full", filepath.Join(dir, "bad.raw"), cs, true); err == nil {
 		t.Error("restore of a damaged chunk succeeded")
 	}
 }

@@ -409,6 +409,7 @@ func refRound(ctx context.Context, ws *workspace, run int, chunk int64, codec st
 		{stepIncrCBT, []string{"-step", "ref-incr-cbt", "-image", ws.mut, "-base", "full", "-index", "cbt", "-changed", ws.changed}},
 		{stepIncrHash, []string{"-step", "ref-incr-hash", "-image", ws.mut2, "-base", "cbt", "-index", "hash"}},
 		{stepRestore, []string{"-step", "ref-restore", "-index", "cbt", "-target", target}},
+		{stepRestoreDirect, []string{"-step", "ref-restore-direct", "-index", "cbt", "-target", target}},
 	}
 	if !restore {
 		steps = steps[:2]
@@ -424,7 +425,7 @@ func refRound(ctx context.Context, ws *workspace, run int, chunk int64, codec st
 			return nil, err
 		}
 		p := ph[0]
-		if s.step == stepRestore {
+		if s.step == stepRestore || s.step == stepRestoreDirect {
 			if err := sameContent(ws.mut, target); err != nil {
 				return nil, fmt.Errorf("ref restore is wrong: %w", err)
 			}
@@ -479,12 +480,12 @@ func runStep(ctx context.Context, cfg config, st step, stdout io.Writer) error {
 			return err
 		}
 		phases = []Phase{{Step: strings.TrimPrefix(st.name, "ref-"), Read: s.read, Stored: s.stored}}
-	case "ref-restore":
-		n, err := refRestore(ctx, st.repo, st.index, st.target, cfg.chunk)
+	case "ref-restore", "ref-restore-direct":
+		n, err := refRestore(ctx, st.repo, st.index, st.target, cfg.chunk, st.name == "ref-restore-direct")
 		if err != nil {
 			return err
 		}
-		phases = []Phase{{Step: stepRestore, Read: n}}
+		phases = []Phase{{Step: strings.TrimPrefix(st.name, "ref-"), Read: n}}
 	default:
 		return fmt.Errorf("-step: unknown step %q", st.name)
 	}

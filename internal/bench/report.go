@@ -129,7 +129,7 @@ func report(w io.Writer, cfg config, ws *workspace, tools []string, res *results
 			}
 			repo, growth, files, check := "", "", "", ""
 			switch {
-			case st == stepRestore:
+			case st == stepRestore || st == stepRestoreDirect:
 				check = "FAILED"
 				if s.checked {
 					check = "identical"
@@ -157,7 +157,7 @@ func report(w io.Writer, cfg config, ws *workspace, tools []string, res *results
 		}
 	}
 	if slices.Contains(res.tools, "ref") {
-		fmt.Fprintln(w, "  ref: allocated extents, SHA-256, zero chunks skipped, same chunk size and codec as vmbackup, one file per chunk, all cores; restore through the page cache")
+		fmt.Fprintln(w, "  ref: allocated extents, SHA-256, zero chunks skipped, same chunk size and codec as vmbackup, one file per chunk, all cores; restore through the page cache, restore-direct with O_DIRECT writes")
 	}
 	for _, t := range []string{"vmbackup"} {
 		for _, st := range res.steps[t] {

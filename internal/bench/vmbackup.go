@@ -26,6 +26,8 @@ const (
 	stepIncrHash = "incr-hash"
 	stepIncr     = "incr" // the peers' incremental: a second backup, which reads everything
 	stepRestore  = "restore"
+	// stepRestoreDirect is ref's restore with O_DIRECT writes.
+	stepRestoreDirect = "restore-direct"
 )
 
 // chainArgs configure the vmbackup chain child.
