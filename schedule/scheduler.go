@@ -247,12 +247,14 @@ type Options struct {
 //
 //   - A plan's due times are the union of its incremental and full
 //     schedules; each is handled once, in order.
-//   - A due time while the plan's previous run is still going (running,
-//     queued, or waiting for the window) is skipped (ReasonBusy). A
-//     skipped or missed full run makes the next run Full.
-//   - A due time outside the window waits for its next opening
-//     (OutsideWait, EventDeferred) or is skipped (OutsideSkip). A queued
-//     run whose slot frees outside the window is treated the same way.
+//   - A due time outside the window is skipped under OutsideSkip
+//     (ReasonOutsideWindow).
+//   - Otherwise, a due time while the plan's previous run is still going
+//     (running, queued, or waiting for the window) is skipped
+//     (ReasonBusy). A skipped or missed full run makes the next run Full.
+//   - Otherwise, a due time outside the window waits for its next
+//     opening (OutsideWait, EventDeferred). A queued run whose slot
+//     frees outside the window is deferred or skipped by the same rule.
 //   - When a run's window closes while it is going, OverrunStop cancels
 //     its context; OverrunContinue lets it go on; both are recorded.
 //   - On Start with a LastRun, due times in (LastRun, now] are reported
@@ -473,15 +475,19 @@ func (s *Local) fire(st *planState, gen uint64) {
 // due decides what to do with a run at its due time.
 func (s *Local) due(st *planState, r Run) {
 	now := s.clock.Now()
-	if st.paused {
+	switch w := st.e.Window; {
+	case st.paused:
 		s.skip(st, r, ReasonPaused)
-		return
-	}
-	if st.busy {
+	case w != nil && st.e.OutsideWindow == OutsideSkip && !w.InWindow(now):
+		// Decided by the time alone, whether or not a run is going: a
+		// due time at the very close of the window is outside it even
+		// while the run it overran is still being stopped.
+		s.skip(st, r, ReasonOutsideWindow)
+	case st.busy:
 		s.skip(st, r, ReasonBusy)
-		return
+	default:
+		s.startOrWait(st, r, now)
 	}
-	s.startOrWait(st, r, now)
 }
 
 // startOrWait applies the window policy, then starts or queues r.
