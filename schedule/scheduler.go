@@ -126,6 +126,7 @@ type Reason string
 // Reasons of EventSkipped and EventOverrun.
 const (
 	ReasonBusy          Reason = "the plan's previous run is still going"
+	ReasonWaiting       Reason = "the plan's previous run is waiting for the window or a free slot"
 	ReasonOutsideWindow Reason = "due outside the backup window"
 	ReasonPaused        Reason = "the plan is paused"
 	ReasonStopped       Reason = "the plan was stopped or changed"
@@ -250,8 +251,8 @@ type Options struct {
 //   - A due time outside the window is skipped under OutsideSkip
 //     (ReasonOutsideWindow).
 //   - Otherwise, a due time while the plan's previous run is still going
-//     (running, queued, or waiting for the window) is skipped
-//     (ReasonBusy). A skipped or missed full run makes the next run Full.
+//     is skipped (ReasonBusy; ReasonWaiting if that run is queued or
+//     waiting for the window). A skipped or missed full run makes the next run Full.
 //   - Otherwise, a due time outside the window waits for its next
 //     opening (OutsideWait, EventDeferred). A queued run whose slot
 //     frees outside the window is deferred or skipped by the same rule.
@@ -483,6 +484,8 @@ func (s *Local) due(st *planState, r Run) {
 		// due time at the very close of the window is outside it even
 		// while the run it overran is still being stopped.
 		s.skip(st, r, ReasonOutsideWindow)
+	case st.pending != nil:
+		s.skip(st, r, ReasonWaiting)
 	case st.busy:
 		s.skip(st, r, ReasonBusy)
 	default:

@@ -298,6 +298,18 @@ func TestLocalWindow(t *testing.T) {
 			t.Errorf("status %+v, want waiting", st)
 		}
 	})
+	t.Run("wait while waiting", func(t *testing.T) {
+		h := newHarness(t, monday.Add(19*time.Hour+30*time.Minute), 4, false)
+		h.start(Entry{PlanID: "p", Incremental: Schedule{Kind: KindHours, Every: 1}, Window: night})
+		h.clock.Advance(150 * time.Minute) // 20:00 waits, 21:00 too, 22:00 opens
+		h.finish(h.nextCall(), nil)
+		h.check([]string{
+			"Mon 20:00 p deferred due 20:00 until Mon 22:00",
+			"Mon 21:00 p skipped due 21:00: the plan's previous run is waiting for the window or a free slot",
+			"Mon 22:00 p started due 20:00",
+			"Mon 22:00 p skipped due 22:00: the plan's previous run is still going",
+		})
+	})
 	t.Run("skip", func(t *testing.T) {
 		h := newHarness(t, monday.Add(19*time.Hour), 4, false)
 		h.start(Entry{PlanID: "p", Incremental: Schedule{Kind: KindHours, Every: 2}, Window: night, OutsideWindow: OutsideSkip})
