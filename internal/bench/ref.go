@@ -331,7 +331,13 @@ func refRestore(ctx context.Context, repoDir, name, target string, cs int64, dir
 	}
 	var next, n atomic.Int64
 	g, ctx := errgroup.WithContext(ctx)
-	for range runtime.GOMAXPROCS(0) {
+	workers := runtime.GOMAXPROCS(0)
+	if direct {
+		// O_DIRECT writes block until the device has the data: more of
+		// them in flight keep both the CPUs and the device busy.
+		workers *= 4
+	}
+	for range workers {
 		g.Go(func() error {
 			var enc []byte
 			dec := alignedBuffer(int(cs))
