@@ -60,6 +60,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -155,6 +156,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if st.name != "" {
 		return runStep(ctx, cfg, st, stdout)
+	}
+	if cfg.profile != "" {
+		if cfg.profile, err = filepath.Abs(cfg.profile); err != nil {
+			return err
+		}
 	}
 	if cfg.runs < 1 {
 		return fmt.Errorf("-runs %d: want at least 1", cfg.runs)
@@ -317,7 +323,27 @@ func bench(ctx context.Context, cfg config) error {
 	}
 	fmt.Fprintln(w)
 	report(w, cfg, ws, tools, res)
+	if cfg.profile != "" && slices.Contains(tools, "vmbackup") {
+		printProfile(ctx, w, cfg.profile)
+	}
 	return nil
+}
+
+// printProfile prints the top functions of a CPU profile with the go
+// tool, if there is one (go run has it).
+func printProfile(ctx context.Context, w io.Writer, path string) {
+	abs, _ := filepath.Abs(path)
+	fmt.Fprintf(w, "\nCPU profile of vmbackup's first full backup: %s (go tool pprof -top %s)\n", abs, abs)
+	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-nodecount=30", path).CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(w, "(go tool pprof: %v)\n", err)
+		return
+	}
+	w.Write(out)
+	out, err = exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-cum", "-nodecount=30", path).CombinedOutput()
+	if err == nil {
+		fmt.Fprintf(w, "\nby cumulative time:\n%s", out)
+	}
 }
 
 // runToolRound runs one round of tool t (all its steps) and returns its
