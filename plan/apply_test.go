@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/vmbackup/vmbackup/schedule"
 )
 
@@ -28,10 +30,12 @@ func TestApplyTo(t *testing.T) {
 	if st, err := s.Status(p.ID); err != nil || !st.Paused {
 		t.Fatalf("paused plan: status %+v, %v", st, err)
 	}
+	var kinds []string
 	for _, e := range events {
-		if e.Kind == schedule.EventStarted {
-			t.Errorf("a paused plan started a run: %v", e)
-		}
+		kinds = append(kinds, string(e.Kind)+" "+string(e.Reason))
+	}
+	if diff := cmp.Diff([]string{"missed ", "skipped " + string(schedule.ReasonPaused)}, kinds); diff != "" {
+		t.Errorf("paused plan with missed runs: events (-want +got):\n%s", diff)
 	}
 	p.State = Enabled
 	if err := p.ApplyTo(s, lastRun, run); err != nil {

@@ -466,6 +466,7 @@ func (p *Plan) Entry(lastRun time.Time) schedule.Entry {
 		OutsideWindow: p.OutsideWindow,
 		Overrun:       p.Overrun,
 		LastRun:       lastRun,
+		Paused:        p.State == Paused,
 	}
 }
 
@@ -505,27 +506,13 @@ func flatten(err error) []error {
 
 // ApplyTo brings the plan's scheduling in s in line with its State:
 // enabled plans are started (or their timing replaced), paused plans are
-// started and paused (their due times are recorded as skipped), stopped
-// plans are removed. lastRun is the Due of the plan's last run, for the
+// started paused (their due times, and a catch-up, are recorded as
+// skipped), stopped plans are removed. lastRun is the Due of the plan's last run, for the
 // Scheduler's catch-up; run performs a run. The plan should be valid.
 func (p *Plan) ApplyTo(s schedule.Scheduler, lastRun time.Time, run schedule.RunFunc) error {
-	switch p.State {
-	case Stopped:
+	if p.State == Stopped {
 		if err := s.Stop(p.ID); err != nil && !errors.Is(err, schedule.ErrUnknownPlan) {
 			return fmt.Errorf("plan: stop %q: %w", p.ID, err)
-		}
-		return nil
-	case Paused:
-		// Pause first if already started, so that Start's catch-up does
-		// not run for a paused plan.
-		if err := s.Pause(p.ID); err != nil && !errors.Is(err, schedule.ErrUnknownPlan) {
-			return fmt.Errorf("plan: pause %q: %w", p.ID, err)
-		}
-		if err := s.Start(p.Entry(time.Time{}), run); err != nil {
-			return fmt.Errorf("plan: schedule %q: %w", p.ID, err)
-		}
-		if err := s.Pause(p.ID); err != nil {
-			return fmt.Errorf("plan: pause %q: %w", p.ID, err)
 		}
 		return nil
 	}

@@ -52,6 +52,9 @@ type Entry struct {
 	// LastRun is the Due of the plan's last run before this Start (from
 	// the job history); zero means none, and no catch-up is considered.
 	LastRun time.Time
+	// Paused starts the plan paused (see Scheduler.Pause): its due times,
+	// and a catch-up, are skipped until Resume.
+	Paused bool
 }
 
 // Validate checks the entry's schedules, window and policies.
@@ -112,8 +115,11 @@ const (
 	EventDeferred EventKind = "deferred"
 	// EventQueued: the run waits for one of the MaxParallel slots.
 	EventQueued EventKind = "queued"
-	// EventMissed: Missed runs, from First to Due, were due while the
-	// process was down (or the clock jumped).
+	// EventMissed: Missed due times, the earliest at First, passed
+	// without a run of their own while the process was down (or the wall
+	// clock jumped). Due is the time of the one run made in their stead:
+	// the catch-up on Start (Due is then the latest missed time), or the
+	// run due now after a jump.
 	EventMissed EventKind = "missed"
 	// EventOverrun: the window closed while the run was going; Reason
 	// says whether it was stopped or continues.
@@ -199,7 +205,7 @@ type Status struct {
 type Scheduler interface {
 	// Start begins firing e's runs through run, or replaces the timing of
 	// a plan already started (a run in progress is kept; a run waiting for
-	// its window or a slot is dropped). Missed runs since e.LastRun are
+	// its window or a slot is dropped; the plan is paused iff e.Paused). Missed runs since e.LastRun are
 	// reported and caught up once, see Local.
 	Start(e Entry, run RunFunc) error
 	// Stop ends the plan's scheduling; a run in progress goes on.
@@ -382,7 +388,7 @@ func (s *Local) Start(e Entry, run RunFunc) error {
 	}
 	st.gen++
 	st.e, st.run, st.inc, st.full = e, run, inc, full
-	st.stopped, st.paused = false, false
+	st.stopped, st.paused = false, e.Paused
 	now := s.clock.Now()
 	st.last = now
 	if !e.LastRun.IsZero() && e.LastRun.Before(now) {
@@ -412,6 +418,8 @@ func (s *Local) catchUp(st *planState, now time.Time) {
 	s.emit(Event{PlanID: st.e.PlanID, Kind: EventMissed, Due: last, Full: anyFull, First: first, Missed: n})
 	r := Run{PlanID: st.e.PlanID, Due: last, Full: anyFull, CatchUp: true}
 	switch {
+	case st.paused:
+		s.skip(st, r, ReasonPaused)
 	case st.busy:
 		s.skip(st, r, ReasonBusy)
 	case st.e.Window != nil && !st.e.Window.InWindow(now):
