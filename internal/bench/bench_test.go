@@ -203,6 +203,7 @@ func TestSummaryAndReport(t *testing.T) {
 		res.add("vmbackup", []Phase{
 			{Step: stepFull, Wall: w, User: 2 * s, Sys: s, PeakRSS: 100 << 20, RepoBytes: 1000 << 20, InProcess: true},
 			{Step: stepIncrCBT, Wall: w / 10, RepoBytes: 1060 << 20, Growth: 60 << 20, InProcess: true},
+			{Step: stepIncrHash, Wall: 2 * s, RepoBytes: 1120 << 20, Growth: 60 << 20, InProcess: true},
 			{Step: stepRestore, Wall: w / 2, Verified: true},
 		})
 	}
@@ -233,6 +234,13 @@ func TestSummaryAndReport(t *testing.T) {
 		"growth (incr-cbt) 0.60",
 		"peak RSS full 0.50",
 		"image: 4GiB logical (seed 1), 2048.0 MiB allocated, 50.0 % holes; mutation: 655 of 65536",
+		"full ≥ 2.0× faster than restic 2.20× met",
+		"incr-cbt ≥ 10.0× faster than restic 11.00× met",
+		"restore ≥ 3.5× faster than restic 4.40× met",
+		"incr-hash ≥ 3.5× faster than restic 2.75× NOT MET",
+		"growth from the mutation ≤ 70 % of restic's 60 % met",
+		"repository at most 2 % larger than restic's 1.000× restic's met",
+		"peak RSS ≤ 200 MiB 100.0 MiB met",
 	} {
 		if !strings.Contains(text, line) {
 			t.Errorf("report lacks %q:\n%s", line, text)

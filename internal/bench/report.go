@@ -148,6 +148,7 @@ func report(w io.Writer, cfg config, ws *workspace, tools []string, res *results
 	if _, ok := res.runs["vmbackup"]; ok {
 		fmt.Fprintln(w, "* measured inside the process that ran the three backups (getrusage deltas, VmHWM reset before the phase)")
 		ratios(w, res)
+		targets(w, res)
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "notes:")
@@ -219,6 +220,62 @@ func ratios(w io.Writer, res *results) {
 			row = append(row, ratio(ok && vok, float64(m.f(v)), float64(m.f(s)), ""))
 		}
 		fmt.Fprintf(tw, "%s\t\n", strings.Join(row, "\t"))
+	}
+	tw.Flush()
+}
+
+// targets prints the issue's targets (issue 8) against this run's figures.
+func targets(w io.Writer, res *results) {
+	type target struct {
+		what  string
+		ok    bool
+		value string
+	}
+	var ts []target
+	speed := func(step, peer, peerStep string, want float64) {
+		v, vok := res.summary("vmbackup", step)
+		p, pok := res.summary(peer, peerStep)
+		if !vok || !pok || v.wall == 0 {
+			return
+		}
+		r := float64(p.wall) / float64(v.wall)
+		ts = append(ts, target{fmt.Sprintf("%s ≥ %.1f× faster than %s", step, want, peer), r >= want, fmt.Sprintf("%.2f×", r)})
+	}
+	speed(stepFull, "restic", stepFull, 2)
+	speed(stepIncrCBT, "restic", stepIncr, 10)
+	speed(stepIncrHash, "restic", stepIncr, 3.5)
+	speed(stepRestore, "restic", stepRestore, 3.5)
+	if v, ok := res.summary("vmbackup", stepFull); ok {
+		if r, ok := res.summary("ref", stepFull); ok && r.wall > 0 {
+			x := float64(v.wall) / float64(r.wall)
+			ts = append(ts, target{"full within 1.2× of ref", x <= 1.2, fmt.Sprintf("%.2f× ref's time", x)})
+		}
+		if p, ok := res.summary("restic", stepFull); ok && p.repo > 0 {
+			x := float64(v.repo) / float64(p.repo)
+			ts = append(ts, target{"repository at most 2 % larger than restic's", x <= 1.02, fmt.Sprintf("%.3f× restic's", x)})
+		}
+	}
+	if v, ok := res.summary("vmbackup", stepIncrCBT); ok {
+		if p, ok := res.summary("restic", stepIncr); ok && p.growth > 0 {
+			x := float64(v.growth) / float64(p.growth)
+			ts = append(ts, target{"growth from the mutation ≤ 70 % of restic's", x <= 0.7, fmt.Sprintf("%.0f %%", 100*x)})
+		}
+	}
+	var peak int64
+	for _, st := range res.steps["vmbackup"] {
+		s, _ := res.summary("vmbackup", st)
+		peak = max(peak, s.peakRSS)
+	}
+	ts = append(ts, target{"peak RSS ≤ 200 MiB", peak <= 200<<20, mib(peak)})
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "targets (issue 8):")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, t := range ts {
+		verdict := "met"
+		if !t.ok {
+			verdict = "NOT MET"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", t.what, t.value, verdict)
 	}
 	tw.Flush()
 }
