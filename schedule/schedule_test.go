@@ -128,20 +128,32 @@ func TestNext(t *testing.T) {
 // (none doubled, none lost; a time in a spring gap runs at the gap's end),
 // and Next is the same from any instant between two runs.
 func TestNextYear(t *testing.T) {
-	scheds := []Schedule{
-		{Kind: KindMinutes, Every: 15},
-		{Kind: KindMinutes, Every: 59},
-		{Kind: KindHours, Every: 1},
-		{Kind: KindHours, Every: 7},
-		{Kind: KindDays, Every: 1, Times: []string{"00:00", "02:30", "23:45"}},
-		{Kind: KindDays, Every: 4, StartDate: "2027-12-30", Times: []string{"01:30"}},
-		{Kind: KindWeekly, Weekdays: []Weekday{Sunday, Wednesday}, Times: []string{"02:00", "02:30", "03:00"}},
-		{Kind: KindMonthly, Days: []int{1, 29, 30, 31}, LastDay: true, Times: []string{"02:30"}},
-		{Kind: KindCron, Cron: "*/20 1-3 * * 0"},
+	// Counts worked out by hand for 2028 (366 days, 53 Saturdays and
+	// Sundays; spring-forward on Sunday 26 March in Berlin and Sunday 12
+	// March in New York, from 02:00 to 03:00), in UTC and in the two DST
+	// zones.
+	scheds := []struct {
+		s        Schedule
+		utc, dst int
+	}{
+		{Schedule{Kind: KindMinutes, Every: 15}, 366 * 96, 366*96 - 4}, // 02:00–02:45 fold into 03:00
+		{Schedule{Kind: KindMinutes, Every: 59}, 366 * 25, 366 * 25},   // 02:57 moves to 03:00
+		{Schedule{Kind: KindHours, Every: 1}, 366 * 24, 366*24 - 1},    // 02:00 folds into 03:00
+		{Schedule{Kind: KindHours, Every: 7}, 366 * 4, 366 * 4},        // 00, 07, 14, 21
+		{Schedule{Kind: KindDays, Every: 1, Times: []string{"00:00", "02:30", "23:45"}}, 366 * 3, 366 * 3},
+		{Schedule{Kind: KindDays, Every: 4, StartDate: "2027-12-30", Times: []string{"01:30"}}, 91, 91},
+		{Schedule{Kind: KindWeekly, Weekdays: []Weekday{Sunday, Wednesday}, Times: []string{"02:00", "02:30", "03:00"}}, (53 + 52) * 3, (53+52)*3 - 2},
+		{Schedule{Kind: KindMonthly, Days: []int{1, 29, 30, 31}, LastDay: true, Times: []string{"02:30"}}, 12 + 12 + 11 + 7, 12 + 12 + 11 + 7},
+		{Schedule{Kind: KindCron, Cron: "*/20 1-3 * * 0"}, 53 * 9, 53*9 - 3},
 	}
 	for _, zone := range []string{"UTC", "Europe/Berlin", "America/New_York"} {
 		loc := mustLoc(t, zone)
-		for _, s := range scheds {
+		for _, sc := range scheds {
+			s := sc.s
+			wantCount := sc.dst
+			if zone == "UTC" {
+				wantCount = sc.utc
+			}
 			s.TZ = zone
 			t.Run(fmt.Sprintf("%s/%s-%d-%s", zone, s.Kind, s.Every, s.Cron), func(t *testing.T) {
 				c, err := s.compile()
@@ -186,8 +198,8 @@ func TestNextYear(t *testing.T) {
 					got[n.Unix()] = true
 					prev = n
 				}
-				if len(got) == 0 || len(got) != len(want) {
-					t.Errorf("%d runs in 2028, want %d", len(got), len(want))
+				if len(got) != wantCount || len(want) != wantCount {
+					t.Errorf("%d runs in 2028 (brute force: %d), want %d", len(got), len(want), wantCount)
 				}
 				for u := range want {
 					if !got[u] {
