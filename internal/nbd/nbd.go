@@ -470,6 +470,8 @@ func (c *Conn) readSimple(br *bufio.Reader, h []byte) error {
 		// structured replies were refused; we always negotiate them,
 		// but accept it anyway.
 		if _, err := io.ReadFull(br, r.buf); err != nil {
+			r.err = fmt.Errorf("nbd: read at %d: %w: %w", r.off, ErrClosed, err)
+			close(r.doneCh)
 			return err
 		}
 	}
@@ -490,6 +492,19 @@ func (c *Conn) readStructured(br *bufio.Reader, h []byte) error {
 	if r == nil {
 		return fmt.Errorf("reply for unknown handle %d", id)
 	}
+	err := c.readChunk(br, r, typ, n, final)
+	if err != nil && final {
+		// r is no longer pending, so breaking the connection would
+		// not complete it: fail it here.
+		r.err = fmt.Errorf("nbd: %s at %d: %w: %w", cmdName(r.cmd), r.off, ErrClosed, err)
+		close(r.doneCh)
+	}
+	return err
+}
+
+// readChunk reads one structured chunk's payload for r and, if it is the
+// last, completes r.
+func (c *Conn) readChunk(br *bufio.Reader, r *request, typ uint16, n int64, final bool) error {
 	switch typ {
 	case replyNone:
 		if n != 0 {
