@@ -98,7 +98,8 @@ type BlobStoreOptions struct {
 // listing, which S3, GCS, Azure, file and mem have.
 //
 // The guarantee is only as strong as the driver's IfNotExist. memblob,
-// s3blob (S3 conditional writes), gcsblob and azureblob are atomic.
+// s3blob (S3 If-None-Match, tested against gofakes3 with two stores
+// racing), gcsblob and azureblob are atomic.
 // fileblob (gocloud.dev v0.47) is not: it checks for the file and then
 // renames over it, so two processes writing one plan in one directory at
 // the same instant may both succeed. A BlobStore therefore serialises its

@@ -35,13 +35,14 @@ func newPlan(id string) Plan {
 	return p
 }
 
-// buckets runs f on a mem and a file bucket.
+// buckets runs f on a mem, an S3 (gofakes3) and a file bucket.
 func buckets(t *testing.T, f func(t *testing.T, b *blob.Bucket)) {
 	t.Run("mem", func(t *testing.T) {
 		b := memblob.OpenBucket(nil)
 		defer b.Close()
 		f(t, b)
 	})
+	t.Run("s3", func(t *testing.T) { f(t, s3Bucket(t)) })
 	t.Run("file", func(t *testing.T) {
 		b, err := fileblob.OpenBucket(t.TempDir(), nil)
 		if err != nil {
@@ -153,6 +154,7 @@ func TestStoreRace(t *testing.T) {
 		{"mem two processes", func(*testing.T) *blob.Bucket { return memblob.OpenBucket(nil) }, false},
 		{"mem one store", func(*testing.T) *blob.Bucket { return memblob.OpenBucket(nil) }, true},
 		{"file one store", fileBucket, true},
+		{"s3 two processes", s3Bucket, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
