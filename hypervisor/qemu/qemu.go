@@ -91,6 +91,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vmbackup/vmbackup/hypervisor"
 )
@@ -103,6 +104,9 @@ const (
 	// DefaultKeepBitmaps is how many bitmaps a disk's chain keeps: a token
 	// older than this many snapshots is pruned and gives ErrTokenInvalid.
 	DefaultKeepBitmaps = 16
+	// DefaultIOTimeout bounds each ReadAt and WriteAt of a disk: a QEMU
+	// that has not answered by then is taken for hung.
+	DefaultIOTimeout = 5 * time.Minute
 	// Granularity is the dirty bitmaps' granularity: ChangedExtents
 	// reports whole 64 KiB blocks.
 	Granularity = 64 << 10
@@ -125,6 +129,10 @@ type Options struct {
 	// KeepBitmaps is how many dirty bitmaps each disk keeps; zero means
 	// DefaultKeepBitmaps.
 	KeepBitmaps int
+	// IOTimeout bounds each ReadAt and WriteAt of a snapshot's or
+	// writable disk (they have no context); zero means DefaultIOTimeout.
+	// When it expires the disk's connection is closed and the call fails.
+	IOTimeout time.Duration
 	// Logger receives notes about chains reset and cleanup failures; nil
 	// means slog.Default().
 	Logger *slog.Logger
@@ -210,6 +218,9 @@ func New(opts Options) (*Hypervisor, error) {
 	}
 	if opts.QEMUImg == "" {
 		opts.QEMUImg = DefaultQEMUImg
+	}
+	if opts.IOTimeout <= 0 {
+		opts.IOTimeout = DefaultIOTimeout
 	}
 	if opts.KeepBitmaps <= 0 {
 		opts.KeepBitmaps = DefaultKeepBitmaps

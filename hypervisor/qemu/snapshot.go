@@ -303,7 +303,7 @@ func (s *snapshot) OpenDisk(ctx context.Context, diskID string) (hypervisor.Disk
 	if gone {
 		return nil, fmt.Errorf("qemu: open disk %q: snapshot %s was released", diskID, s.info.ID)
 	}
-	c, err := nbd.Dial(ctx, "unix", s.p.nbdSock, nbd.Options{Export: d.export, MetaContexts: []string{nbd.ContextAllocation}})
+	c, err := nbd.Dial(ctx, "unix", s.p.nbdSock, nbd.Options{Export: d.export, MetaContexts: []string{nbd.ContextAllocation}, Timeout: s.v.h.opts.IOTimeout})
 	if err != nil {
 		return nil, fmt.Errorf("qemu: open disk %q: %w", diskID, err)
 	}

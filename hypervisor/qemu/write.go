@@ -56,7 +56,7 @@ func (h *Hypervisor) OpenDiskForWrite(ctx context.Context, vmID, diskID string) 
 	if err := p.addExport(ctx, export, ds.GuestNode, true, nil); err != nil {
 		return fail(err)
 	}
-	c, err := nbd.Dial(ctx, "unix", sock, nbd.Options{Export: export})
+	c, err := nbd.Dial(ctx, "unix", sock, nbd.Options{Export: export, Timeout: h.opts.IOTimeout})
 	if err != nil {
 		return fail(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // scripted is a minimal NBD server for replies qemu-nbd does not send on
@@ -133,6 +134,7 @@ func TestScriptedReplies(t *testing.T) {
 			chunk(w, replyFlagDone, replyError, handle, e)
 		case off == 8192: // a done chunk that leaves bytes uncovered
 			chunk(w, replyFlagDone, replyNone, handle, nil)
+		case off == 12288: // no reply at all: a hung server
 		}
 	}}
 	sock := s.serve(t)
@@ -165,6 +167,19 @@ func TestScriptedReplies(t *testing.T) {
 	}
 	if _, err := c.ReadAt(p, 0); !errors.Is(err, ErrClosed) {
 		t.Errorf("read on a broken connection: %v, want ErrClosed", err)
+	}
+	// A hung server: ReadAt gives up after Options.Timeout and closes
+	// the connection.
+	c2, err := Dial(ctx, "unix", sock, Options{Timeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if _, err := c2.ReadAt(p, 0); err != nil {
+		t.Fatalf("read before the hang: %v", err)
+	}
+	if _, err := c2.ReadAt(p, 12288); !errors.Is(err, os.ErrDeadlineExceeded) || !errors.Is(err, ErrClosed) {
+		t.Errorf("read from a hung server: %v, want ErrDeadlineExceeded and ErrClosed", err)
 	}
 	// Options the server refuses fail the handshake with an *Error.
 	if _, err := Dial(ctx, "unix", sock, Options{MetaContexts: []string{ContextAllocation}}); !errors.As(err, &ne) {

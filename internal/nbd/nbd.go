@@ -31,7 +31,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
+	"time"
 )
 
 // Protocol constants (see the NBD protocol document, "proto.md").
@@ -118,6 +120,10 @@ type Options struct {
 	// ContextAllocation and DirtyBitmapContext("b0"). Each must be
 	// granted by the server, else Dial fails.
 	MetaContexts []string
+	// Timeout bounds ReadAt and WriteAt (the calls without a context):
+	// a server that has not answered within it is taken for hung, and
+	// the connection is closed. Zero means no bound.
+	Timeout time.Duration
 }
 
 // Extent is one run of a block status reply: Length bytes at Offset with
@@ -135,6 +141,7 @@ type Conn struct {
 	size      int64
 	flags     uint16
 	maxReq    int64
+	timeout   time.Duration
 	contexts  map[string]uint32
 	wmu       sync.Mutex // serializes requests on the wire
 	mu        sync.Mutex // guards the fields below
@@ -170,6 +177,9 @@ func Dial(ctx context.Context, network, addr string, opts Options) (*Conn, error
 	}
 	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(aLongTimeAgo) })
 	c, err := handshake(nc, opts)
+	if c != nil {
+		c.timeout = opts.Timeout
+	}
 	if !stop() || err != nil {
 		nc.Close()
 		if err == nil || ctx.Err() != nil {
@@ -183,8 +193,8 @@ func Dial(ctx context.Context, network, addr string, opts Options) (*Conn, error
 }
 
 var (
-	aLongTimeAgo = unixEpoch()
-	noDeadline   = zeroTime()
+	aLongTimeAgo = time.Unix(1, 0)
+	noDeadline   time.Time
 )
 
 func handshake(nc net.Conn, opts Options) (*Conn, error) {
@@ -350,31 +360,43 @@ func (c *Conn) CanMultiConn() bool { return c.flags&transFlagMultiConn != 0 }
 // request; larger ones are split.
 func (c *Conn) MaxRequest() int64 { return c.maxReq }
 
-// broken records the first fatal error and fails all pending requests.
+// broken records the first fatal error and closes the connection, which
+// ends readLoop; readLoop then fails the pending requests. Only readLoop
+// completes requests, so once a request is done nothing writes into its
+// buffer any more.
 func (c *Conn) broken(err error) {
 	c.mu.Lock()
 	if c.err == nil {
 		c.err = err
 		close(c.done)
 	}
+	c.mu.Unlock()
+	c.conn.Close()
+}
+
+// sweep fails every pending request; readLoop calls it as it exits.
+func (c *Conn) sweep() {
+	c.mu.Lock()
 	p := c.pending
 	c.pending = map[uint64]*request{}
+	err := c.err
 	c.mu.Unlock()
 	for _, r := range p {
 		r.err = err
 		close(r.doneCh)
 	}
-	c.conn.Close()
 }
 
-// send registers r and writes its request header (and payload).
-func (c *Conn) send(r *request, flags uint16, length uint32, payload []byte) (uint64, error) {
+// send registers r and writes its request header (and payload). If it
+// returns registered, r completes (possibly with an error) and must be
+// waited for.
+func (c *Conn) send(r *request, flags uint16, length uint32, payload []byte) (registered bool, err error) {
 	r.doneCh = make(chan struct{})
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
-		return 0, err
+		return false, err
 	}
 	c.nextID++
 	id := c.nextID
@@ -389,7 +411,6 @@ func (c *Conn) send(r *request, flags uint16, length uint32, payload []byte) (ui
 	binary.BigEndian.PutUint64(h[16:], uint64(r.off))
 	binary.BigEndian.PutUint32(h[24:], length)
 	c.wmu.Lock()
-	var err error
 	if len(payload) > 0 {
 		bufs := net.Buffers{h[:], payload}
 		_, err = bufs.WriteTo(c.conn)
@@ -400,9 +421,9 @@ func (c *Conn) send(r *request, flags uint16, length uint32, payload []byte) (ui
 	if err != nil {
 		err = fmt.Errorf("nbd: send request: %w: %w", ErrClosed, err)
 		c.broken(err)
-		return 0, err
+		return true, err
 	}
-	return id, nil
+	return true, nil
 }
 
 // wait waits for r's reply. With a context that ends first, r is left to
@@ -425,6 +446,7 @@ func (c *Conn) readLoop(br *bufio.Reader) {
 	for {
 		if _, err := io.ReadFull(br, h[:4]); err != nil {
 			c.broken(fmt.Errorf("nbd: read reply: %w: %w", ErrClosed, err))
+			c.sweep()
 			return
 		}
 		var err error
@@ -438,6 +460,7 @@ func (c *Conn) readLoop(br *bufio.Reader) {
 		}
 		if err != nil {
 			c.broken(fmt.Errorf("nbd: read reply: %w: %w", ErrClosed, err))
+			c.sweep()
 			return
 		}
 	}
@@ -659,6 +682,14 @@ func (c *Conn) WriteAtContext(ctx context.Context, p []byte, off int64) (int, er
 // do runs a read or write of p at off as requests of at most maxReq bytes,
 // all in flight at once.
 func (c *Conn) do(ctx context.Context, cmd uint16, p []byte, off int64) error {
+	if ctx == nil && c.timeout > 0 {
+		// A server that does not answer in time is taken for hung: the
+		// connection is closed, which completes every request.
+		t := time.AfterFunc(c.timeout, func() {
+			c.broken(fmt.Errorf("nbd: %s: no reply within %v: %w: %w", cmdName(cmd), c.timeout, ErrClosed, os.ErrDeadlineExceeded))
+		})
+		defer t.Stop()
+	}
 	var reqs []*request
 	var first error
 	for len(p) > 0 {
@@ -670,11 +701,14 @@ func (c *Conn) do(ctx context.Context, cmd uint16, p []byte, off int64) error {
 		} else {
 			payload = p[:n]
 		}
-		if _, err := c.send(r, 0, uint32(n), payload); err != nil {
+		registered, err := c.send(r, 0, uint32(n), payload)
+		if registered {
+			reqs = append(reqs, r)
+		}
+		if err != nil {
 			first = err
 			break
 		}
-		reqs = append(reqs, r)
 		p, off = p[n:], off+n
 	}
 	for _, r := range reqs {
@@ -692,7 +726,7 @@ func (c *Conn) Flush(ctx context.Context) error {
 	}
 	r := &request{cmd: cmdFlush}
 	if _, err := c.send(r, 0, 0, nil); err != nil {
-		return err
+		return fmt.Errorf("nbd: flush: %w", err)
 	}
 	return c.wait(ctx, r)
 }
@@ -712,7 +746,7 @@ func (c *Conn) BlockStatus(ctx context.Context, name string, off, length int64) 
 		n := min(end-off, maxBlockStatusQuery-1<<20)
 		r := &request{cmd: cmdBlockStatus, off: off, ctxID: id}
 		if _, err := c.send(r, 0, uint32(n), nil); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("nbd: block status: %w", err)
 		}
 		if err := c.wait(ctx, r); err != nil {
 			return nil, err
