@@ -221,7 +221,7 @@ func TestSummaryAndReport(t *testing.T) {
 	}
 	var out bytes.Buffer
 	cfg := config{runs: 3, chunk: 1 << 20, codec: "zstd", seed: 1, fraction: 0.01}
-	ws := &workspace{size: 4 << 30, alloc: 2 << 30, blocks: 655}
+	ws := &workspace{size: 4 << 30, gen: 4 << 30, alloc: 2 << 30, blocks: 655}
 	report(&out, cfg, ws, []string{"vmbackup", "restic"}, res)
 	text := squeeze(out.String())
 	for _, line := range []string{

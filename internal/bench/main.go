@@ -77,6 +77,7 @@ import (
 // config is the benchmark's command line.
 type config struct {
 	size      int64
+	pad       int64 // logical size of the images, holes after size; 0 means size
 	runs      int
 	dir       string
 	keep      bool
@@ -113,11 +114,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		cfg                                       = config{out: stdout}
-		size, chunk, tools, mChunks, mCodecs, dir string
-		st                                        step
+		cfg                                            = config{out: stdout}
+		size, pad, chunk, tools, mChunks, mCodecs, dir string
+		st                                             step
 	)
 	fs.StringVar(&size, "size", "4GiB", "logical size of the image")
+	fs.StringVar(&pad, "pad", "", "grow the images to this logical size with a hole at the end (e.g. 64GiB, for vmbackup's memory at scale; the mutations stay in the first -size bytes)")
 	fs.IntVar(&cfg.runs, "runs", 3, "runs of every tool (medians are reported)")
 	fs.StringVar(&dir, "dir", "", "work directory (default: a new directory under $TMPDIR, removed at the end)")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the work directory")
@@ -151,6 +153,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.chunk, err = parseSize(chunk); err != nil {
 		return err
 	}
+	if pad != "" {
+		if cfg.pad, err = parseSize(pad); err != nil {
+			return fmt.Errorf("-pad: %w", err)
+		}
+	}
 	if _, err := compress.Lookup(cfg.codec); err != nil {
 		return err
 	}
@@ -161,6 +168,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if cfg.profile, err = filepath.Abs(cfg.profile); err != nil {
 			return err
 		}
+	}
+	if cfg.pad != 0 && cfg.pad < cfg.size {
+		return fmt.Errorf("-pad %s: smaller than -size %s", formatSize(cfg.pad), formatSize(cfg.size))
 	}
 	if cfg.runs < 1 {
 		return fmt.Errorf("-runs %d: want at least 1", cfg.runs)
@@ -219,8 +229,10 @@ type workspace struct {
 	changed string // block offsets of the first mutation, one a line
 	drop    bool
 
-	size, alloc int64
-	blocks      int // blocks rewritten by the first mutation
+	size   int64 // logical size of the images
+	gen    int64 // the part generated and mutated (-size)
+	alloc  int64
+	blocks int // blocks rewritten by the first mutation
 }
 
 // Mutation seeds (the image has its own, -seed).
@@ -245,15 +257,19 @@ func prepare(ctx context.Context, cfg config) (*workspace, error) {
 		mut2:    filepath.Join(cfg.dir, "mut2.raw"),
 		changed: filepath.Join(cfg.dir, "changed.txt"),
 		drop:    cfg.drop,
-		size:    cfg.size,
+		size:    max(cfg.size, cfg.pad),
+		gen:     cfg.size,
 	}
 	if err := testimage.GenerateFile(ctx, ws.base, cfg.size, cfg.seed); err != nil {
+		return nil, err
+	}
+	if err := os.Truncate(ws.base, ws.size); err != nil {
 		return nil, err
 	}
 	if err := sparseCopy(ws.base, ws.mut); err != nil {
 		return nil, err
 	}
-	offs, err := testimage.MutateFile(ctx, ws.mut, cfg.fraction, mutSeed, cfg.clustered)
+	offs, err := mutateFile(ctx, ws.mut, cfg.size, cfg.fraction, mutSeed, cfg.clustered)
 	if err != nil {
 		return nil, err
 	}
@@ -269,7 +285,7 @@ func prepare(ctx context.Context, cfg config) (*workspace, error) {
 	if err := sparseCopy(ws.mut, ws.mut2); err != nil {
 		return nil, err
 	}
-	if _, err := testimage.MutateFile(ctx, ws.mut2, cfg.fraction, hashSeed, cfg.clustered); err != nil {
+	if _, err := mutateFile(ctx, ws.mut2, cfg.size, cfg.fraction, hashSeed, cfg.clustered); err != nil {
 		return nil, err
 	}
 	_, ext, err := fileExtents(ws.base)
@@ -278,6 +294,21 @@ func prepare(ctx context.Context, cfg config) (*workspace, error) {
 	}
 	ws.alloc = allocated(ext)
 	return ws, nil
+}
+
+// mutateFile is testimage.Mutate on the first size bytes of the file at
+// path.
+func mutateFile(ctx context.Context, path string, size int64, fraction float64, seed int64, clustered bool) (offs []int64, err error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if cerr := f.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	return testimage.Mutate(ctx, f, size, fraction, seed, clustered)
 }
 
 // bench runs the benchmark and prints its report.
@@ -360,7 +391,7 @@ func runToolRound(ctx context.Context, cfg config, ws *workspace, t string, run 
 
 // common returns the child flags every step needs.
 func common(ws *workspace, chunk int64, codec string) []string {
-	return []string{"-size", strconv.FormatInt(ws.size, 10), "-chunk", strconv.FormatInt(chunk, 10), "-codec", codec}
+	return []string{"-size", strconv.FormatInt(ws.gen, 10), "-pad", strconv.FormatInt(ws.size, 10), "-chunk", strconv.FormatInt(chunk, 10), "-codec", codec}
 }
 
 func vmbackupRound(ctx context.Context, cfg config, ws *workspace, run int, chunk int64, codec string, restore bool) ([]Phase, error) {
@@ -473,7 +504,7 @@ func runStep(ctx context.Context, cfg config, st step, stdout io.Writer) error {
 	switch st.name {
 	case "vmbackup-chain":
 		a := chainArgs{
-			image: st.image, repo: st.repo, chunk: cfg.chunk, codec: cfg.codec,
+			image: st.image, repo: st.repo, chunk: cfg.chunk, codec: cfg.codec, mutSize: cfg.size,
 			fraction: cfg.fraction, clustered: cfg.clustered, mutSeed: mutSeed, hashSeed: hashSeed,
 			phases: strings.Split(st.phases, ","), cpuProfile: cfg.profile, drop: cfg.drop,
 		}
@@ -483,7 +514,7 @@ func runStep(ctx context.Context, cfg config, st step, stdout io.Writer) error {
 		}
 		phases = ph
 	case "vmbackup-restore":
-		ph, err := vmbackupRestore(ctx, st.repo, st.point, st.target, cfg.size)
+		ph, err := vmbackupRestore(ctx, st.repo, st.point, st.target, max(cfg.size, cfg.pad))
 		if err != nil {
 			return err
 		}

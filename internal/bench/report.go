@@ -99,13 +99,16 @@ func mbps(size int64, d time.Duration) string {
 // header prints what was measured and how.
 func header(w io.Writer, cfg config, ws *workspace) {
 	holes := 100 * float64(ws.size-ws.alloc) / float64(ws.size)
-	nblocks := (ws.size + 64<<10 - 1) / (64 << 10)
+	nblocks := (ws.gen + 64<<10 - 1) / (64 << 10)
 	mode := "scattered"
 	if cfg.clustered {
 		mode = "clustered in runs"
 	}
 	fmt.Fprintf(w, "image: %s logical (seed %d), %s allocated, %.1f %% holes; mutation: %d of %d 64 KiB blocks rewritten (%.2g %%), %s\n",
 		formatSize(ws.size), cfg.seed, mib(ws.alloc), holes, ws.blocks, nblocks, 100*cfg.fraction, mode)
+	if ws.gen < ws.size {
+		fmt.Fprintf(w, "padded: data and mutations in the first %s, a hole after\n", formatSize(ws.gen))
+	}
 	cache := "not dropped (inputs are read from the page cache; -drop-caches to drop it before every step)"
 	if cfg.drop {
 		cache = "dropped before every step"

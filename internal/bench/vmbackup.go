@@ -37,6 +37,7 @@ type chainArgs struct {
 	chunk      int64
 	codec      string
 	fraction   float64
+	mutSize    int64 // the mutations touch the first mutSize bytes
 	clustered  bool
 	mutSeed    int64 // mutation before incr-cbt
 	hashSeed   int64 // mutation before incr-hash
@@ -83,7 +84,6 @@ func vmbackupChain(ctx context.Context, a chainArgs) ([]Phase, error) {
 	if err != nil {
 		return nil, err
 	}
-	size := vm.Disks[0].Size
 	svc, err := backup.New(backup.Config{Hypervisor: hv, Repository: repo, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return nil, err
@@ -132,7 +132,7 @@ func vmbackupChain(ctx context.Context, a chainArgs) ([]Phase, error) {
 		return nil
 	}
 	mutate := func(seed int64) error {
-		_, err := testimage.Mutate(ctx, diskWriter{hv, vm.ID, vm.Disks[0].ID}, size, a.fraction, seed, a.clustered)
+		_, err := testimage.Mutate(ctx, diskWriter{hv, vm.ID, vm.Disks[0].ID}, a.mutSize, a.fraction, seed, a.clustered)
 		return err
 	}
 	if err := run(stepFull); err != nil {
