@@ -6,13 +6,18 @@ package repository
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
+	"slices"
+	"sync"
 	"time"
 
 	"gocloud.dev/blob"
+
+	"github.com/vmbackup/vmbackup/compress"
 )
 
 // Sentinel errors; every error the package returns for these cases wraps one.
@@ -56,8 +61,11 @@ type Options struct {
 	// Codec overrides the configured default codec for writes ("" keeps it).
 	Codec string
 	// Concurrency bounds parallel object reads/writes in Verify, GC and
-	// index I/O; 0 means a default.
+	// index I/O; 0 means DefaultConcurrency.
 	Concurrency int
+	// LeaseTTL is how long a PointWriter's lease stays live without a
+	// refresh; writers refresh it every LeaseTTL/3. 0 means DefaultLeaseTTL.
+	LeaseTTL time.Duration
 }
 
 // InitOptions configure a new repository. A nil *InitOptions means defaults.
@@ -72,37 +80,60 @@ const DefaultChunkSize = 1 << 20
 
 // Repository is a chunk store plus restore points in a gocloud.dev bucket.
 // It is safe for concurrent use.
-type Repository struct{}
+type Repository struct {
+	bucket     *blob.Bucket
+	ownsBucket bool
+	localDir   string // bucket directory for file:// URLs: conditional writes use link(2)
+	cfg        Config
+	codec      compress.Codec
+	opts       Options
+	encPool    sync.Pool // *[]byte encode buffers
+}
 
 // Init creates a repository at a gocloud URL (file://, mem://, s3://, ...).
-func Init(ctx context.Context, url string, opts *InitOptions) (*Repository, error) { panic("TODO") }
+func Init(ctx context.Context, url string, opts *InitOptions) (*Repository, error) {
+	return initURL(ctx, url, opts)
+}
 
 // Open opens the repository at a gocloud URL.
-func Open(ctx context.Context, url string, opts *Options) (*Repository, error) { panic("TODO") }
+func Open(ctx context.Context, url string, opts *Options) (*Repository, error) {
+	return openURL(ctx, url, opts)
+}
 
 // InitBucket creates a repository in an opened bucket (not closed by Close).
 func InitBucket(ctx context.Context, b *blob.Bucket, opts *InitOptions) (*Repository, error) {
-	panic("TODO")
+	return initBucket(ctx, b, "", false, opts)
 }
 
 // OpenBucket opens the repository in an opened bucket (not closed by Close).
 func OpenBucket(ctx context.Context, b *blob.Bucket, opts *Options) (*Repository, error) {
-	panic("TODO")
+	return openBucket(ctx, b, "", false, opts)
 }
 
 // Close releases the repository (and the bucket, if Open/Init opened it).
-func (r *Repository) Close() error { panic("TODO") }
+func (r *Repository) Close() error {
+	if r.ownsBucket {
+		return r.bucket.Close()
+	}
+	return nil
+}
 
 // Config returns the repository's configuration.
-func (r *Repository) Config() Config { panic("TODO") }
+func (r *Repository) Config() Config {
+	return r.cfg
+}
 
 // Bucket returns the underlying bucket, for stores that keep their own
 // objects beside the repository's (plans, job history) under their own
 // prefix.
-func (r *Repository) Bucket() *blob.Bucket { panic("TODO") }
+func (r *Repository) Bucket() *blob.Bucket {
+	return r.bucket
+}
 
 // HashChunk returns the id of a chunk's plaintext.
-func (r *Repository) HashChunk(p []byte) ChunkID { panic("TODO") }
+func (r *Repository) HashChunk(p []byte) ChunkID {
+	return sha256.Sum256(p)
+}
 
 // Manifest is a restore point: one VM at one instant. A point exists once
 // its manifest is written; it is self-contained.
@@ -115,13 +146,13 @@ type Manifest struct {
 	// engine stores a hypervisor.VM here as JSON).
 	VM          json.RawMessage `json:"vm,omitempty"`
 	PlanID      string          `json:"plan_id,omitempty"`
-	Created     time.Time       `json:"created"`                 // set by Commit from the clock if zero
-	Kind        string          `json:"kind"`                    // "full" or "incremental"
-	Reason      string          `json:"reason,omitempty"`        // why full (or why incremental)
-	Consistency string          `json:"consistency"`             // "crash" or "application"
+	Created     time.Time       `json:"created"`          // set by Commit from the clock if zero
+	Kind        string          `json:"kind"`             // "full" or "incremental"
+	Reason      string          `json:"reason,omitempty"` // why full (or why incremental)
+	Consistency string          `json:"consistency"`      // "crash" or "application"
 	Note        string          `json:"consistency_note,omitempty"`
-	Manual      bool            `json:"manual"`                  // made by hand, not by schedule
-	ChunkSize   int             `json:"chunk_size"`              // set by Commit
+	Manual      bool            `json:"manual"`     // made by hand, not by schedule
+	ChunkSize   int             `json:"chunk_size"` // set by Commit
 	Disks       []DiskRecord    `json:"disks"`
 }
 
@@ -152,66 +183,109 @@ type Filter struct {
 
 // ListPoints returns committed restore points, newest first.
 func (r *Repository) ListPoints(ctx context.Context, f Filter) ([]*Manifest, error) {
-	panic("TODO")
+	return r.listPoints(ctx, f)
 }
 
 // Point returns one restore point by id (ErrNotFound if absent).
-func (r *Repository) Point(ctx context.Context, id string) (*Manifest, error) { panic("TODO") }
+func (r *Repository) Point(ctx context.Context, id string) (*Manifest, error) {
+	return r.readManifest(ctx, id)
+}
 
 // DeletePoint forgets a restore point (its manifest); chunks are freed by GC.
-func (r *Repository) DeletePoint(ctx context.Context, id string) error { panic("TODO") }
+func (r *Repository) DeletePoint(ctx context.Context, id string) error {
+	return r.deletePoint(ctx, id)
+}
 
 // Index maps each chunk slot of a disk to a chunk id. Slot i covers bytes
 // [i*ChunkSize, min((i+1)*ChunkSize, Size)).
-type Index struct{}
+type Index struct {
+	size      int64
+	chunkSize int
+	ids       []ChunkID
+}
 
 // NewIndex returns an index of all-zero slots for a disk of size bytes.
-func NewIndex(size int64, chunkSize int) *Index { panic("TODO") }
+func NewIndex(size int64, chunkSize int) *Index {
+	return newIndex(size, chunkSize)
+}
 
 // Size is the disk size the index covers.
-func (x *Index) Size() int64 { panic("TODO") }
+func (x *Index) Size() int64 {
+	return x.size
+}
 
 // ChunkSize is the slot size.
-func (x *Index) ChunkSize() int { panic("TODO") }
+func (x *Index) ChunkSize() int {
+	return x.chunkSize
+}
 
 // Len is the number of slots.
-func (x *Index) Len() int { panic("TODO") }
+func (x *Index) Len() int {
+	return len(x.ids)
+}
 
 // Get returns slot i's chunk id.
-func (x *Index) Get(i int) ChunkID { panic("TODO") }
+func (x *Index) Get(i int) ChunkID {
+	return x.ids[i]
+}
 
 // Set sets slot i's chunk id. Safe for concurrent use on distinct slots.
-func (x *Index) Set(i int, id ChunkID) { panic("TODO") }
+func (x *Index) Set(i int, id ChunkID) {
+	x.ids[i] = id
+}
 
 // Clone returns an independent copy.
-func (x *Index) Clone() *Index { panic("TODO") }
+func (x *Index) Clone() *Index {
+	c := *x
+	c.ids = slices.Clone(x.ids)
+	return &c
+}
 
 // ReadIndex loads a disk's index (verified) from its key in a DiskRecord.
-func (r *Repository) ReadIndex(ctx context.Context, key string) (*Index, error) { panic("TODO") }
+func (r *Repository) ReadIndex(ctx context.Context, key string) (*Index, error) {
+	return r.readIndex(ctx, key, nil)
+}
 
 // DiskReader reads one disk of a restore point. Every chunk is verified
 // against its id; zero slots read as zeros without I/O.
-type DiskReader struct{}
+type DiskReader struct {
+	r       *Repository
+	ctx     context.Context // from OpenDisk, for ReadAt
+	pointID string
+	disk    DiskRecord
+	idx     *Index
 
-// OpenDisk opens disk diskID of point m for reading.
+	mu      sync.Mutex
+	cacheID ChunkID // the last chunk ReadAt decoded, for small sequential reads
+	cache   []byte
+}
+
+// OpenDisk opens disk diskID of point m for reading. ReadAt uses ctx for
+// its I/O (io.ReaderAt has no context), so ctx must outlive the reads.
 func (r *Repository) OpenDisk(ctx context.Context, m *Manifest, diskID string) (*DiskReader, error) {
-	panic("TODO")
+	return r.openDisk(ctx, m, diskID)
 }
 
 // ReadAt implements io.ReaderAt. Corruption gives an error wrapping
 // ErrCorrupt that names the point, disk, offset and chunk.
-func (d *DiskReader) ReadAt(p []byte, off int64) (int, error) { panic("TODO") }
+func (d *DiskReader) ReadAt(p []byte, off int64) (int, error) {
+	return d.readAt(p, off)
+}
 
 // Size is the disk's size.
-func (d *DiskReader) Size() int64 { panic("TODO") }
+func (d *DiskReader) Size() int64 {
+	return d.disk.Size
+}
 
 // Index is the disk's index (do not modify).
-func (d *DiskReader) Index() *Index { panic("TODO") }
+func (d *DiskReader) Index() *Index {
+	return d.idx
+}
 
 // ReadChunk appends slot i's plaintext (verified; zeros for a zero slot;
 // the last slot may be short) to dst.
 func (d *DiskReader) ReadChunk(ctx context.Context, i int, dst []byte) ([]byte, error) {
-	panic("TODO")
+	return d.readChunk(ctx, i, dst)
 }
 
 var _ io.ReaderAt = (*DiskReader)(nil)
@@ -219,13 +293,24 @@ var _ io.ReaderAt = (*DiskReader)(nil)
 // PointWriter builds one restore point. It holds a lease in the bucket so
 // that garbage collection never removes chunks it has written or reuses.
 // Call Commit or Abort exactly once.
-type PointWriter struct{}
+type PointWriter struct {
+	r     *Repository
+	lease *lease
+	base  *Manifest
+
+	mu    sync.RWMutex
+	known map[ChunkID]struct{} // chunks known to be stored: from the base and from this writer
+	pages map[ChunkID]struct{} // index pages known to be stored
+
+	doneMu sync.Mutex
+	done   bool
+}
 
 // NewPointWriter starts a restore point. base, if not nil, is the previous
 // point of the same VM: its chunk ids are kept in memory so PutChunk does
 // not ask the bucket about them.
 func (r *Repository) NewPointWriter(ctx context.Context, base *Manifest) (*PointWriter, error) {
-	panic("TODO")
+	return r.newPointWriter(ctx, base)
 }
 
 // PutResult says what PutChunk did.
@@ -239,19 +324,21 @@ type PutResult struct {
 // Safe for concurrent use. All-zero chunks must not be passed (use
 // ZeroChunk in the index instead).
 func (w *PointWriter) PutChunk(ctx context.Context, id ChunkID, p []byte) (PutResult, error) {
-	panic("TODO")
+	return w.putChunk(ctx, id, p)
 }
 
 // Commit writes the indexes (one per disk, keyed by DiskRecord.ID) and then
 // the manifest, which makes the point exist. It fills m.ID, m.Created (if
 // zero), m.ChunkSize and each DiskRecord.Index.
 func (w *PointWriter) Commit(ctx context.Context, m *Manifest, indexes map[string]*Index) error {
-	panic("TODO")
+	return w.commit(ctx, m, indexes)
 }
 
 // Abort gives up the point and releases the lease; chunks already written
 // are left for GC. Calling it after Commit is a no-op.
-func (w *PointWriter) Abort(ctx context.Context) error { panic("TODO") }
+func (w *PointWriter) Abort(ctx context.Context) error {
+	return w.abort(ctx)
+}
 
 // GCOptions tune garbage collection. A nil *GCOptions means the defaults.
 type GCOptions struct {
@@ -272,7 +359,9 @@ type GCReport struct {
 
 // GC removes chunks and index pages that no committed restore point
 // references, without touching anything an in-flight PointWriter may use.
-func (r *Repository) GC(ctx context.Context, opts *GCOptions) (*GCReport, error) { panic("TODO") }
+func (r *Repository) GC(ctx context.Context, opts *GCOptions) (*GCReport, error) {
+	return r.gc(ctx, opts)
+}
 
 // VerifyOptions choose how deep Verify looks. nil means a fast verify.
 type VerifyOptions struct {
@@ -301,5 +390,5 @@ type Problem struct {
 // Verify checks every committed restore point and never stops at the
 // first problem.
 func (r *Repository) Verify(ctx context.Context, opts *VerifyOptions) (*VerifyReport, error) {
-	panic("TODO")
+	return r.verify(ctx, opts)
 }

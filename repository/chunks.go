@@ -1,0 +1,147 @@
+package repository
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+
+	"github.com/vmbackup/vmbackup/compress"
+)
+
+// Key prefixes of the on-bucket format (see the package doc).
+const (
+	chunkPrefix = "chunks/"
+	pagePrefix  = "pages/"
+	rootPrefix  = "index/"
+	pointPrefix = "points/"
+	leasePrefix = "leases/"
+)
+
+// fanoutKey returns prefix + hh/ + hex(id), where hh is the first byte of
+// the id: 256 sub-prefixes spread load on object stores that partition by
+// key prefix and keep file:// directories small.
+func fanoutKey(prefix string, id ChunkID) string {
+	var buf [len("chunks/") + 3 + 64 + 8]byte
+	b := append(buf[:0], prefix...)
+	b = hex.AppendEncode(b, id[:1])
+	b = append(b, '/')
+	b = hex.AppendEncode(b, id[:])
+	return string(b)
+}
+
+// ChunkKey is the bucket key of chunk id: "chunks/<hh>/<64 hex>".
+func ChunkKey(id ChunkID) string { return fanoutKey(chunkPrefix, id) }
+
+// pageKey is the key of an index page.
+func pageKey(id ChunkID) string { return fanoutKey(pagePrefix, id) }
+
+// rootKey is the key of an index root.
+func rootKey(id ChunkID) string { return rootPrefix + id.String() }
+
+// ParseChunkID parses a hex chunk id.
+func ParseChunkID(s string) (ChunkID, error) {
+	var id ChunkID
+	if len(s) != 64 {
+		return id, fmt.Errorf("chunk id %q: want 64 hex digits", s)
+	}
+	if _, err := hex.Decode(id[:], []byte(s)); err != nil {
+		return id, fmt.Errorf("chunk id %q: %w", s, err)
+	}
+	return id, nil
+}
+
+// idFromFanoutKey returns the id of a key made by fanoutKey under prefix.
+func idFromFanoutKey(prefix, key string) (ChunkID, bool) {
+	if len(key) != len(prefix)+3+64 {
+		return ChunkID{}, false
+	}
+	id, err := ParseChunkID(key[len(prefix)+3:])
+	if err != nil || key[len(prefix):len(prefix)+2] != id.String()[:2] {
+		return ChunkID{}, false
+	}
+	return id, true
+}
+
+func (r *Repository) getBuf() *[]byte {
+	if p, ok := r.encPool.Get().(*[]byte); ok {
+		return p
+	}
+	b := make([]byte, 0, r.cfg.ChunkSize+r.cfg.ChunkSize/16+64)
+	return &b
+}
+
+// storeObject encodes plaintext and writes it under key; it returns the
+// stored size. The encode buffer comes from a pool.
+func (r *Repository) storeObject(ctx context.Context, key string, plain []byte) (int64, error) {
+	bp := r.getBuf()
+	enc := compress.Encode((*bp)[:0], r.codec, plain)
+	err := r.put(ctx, key, enc)
+	n := int64(len(enc))
+	*bp = enc[:0]
+	r.encPool.Put(bp)
+	return n, err
+}
+
+// loadObject reads key, decodes it (at most maxSize bytes) appending to dst
+// and checks that the plaintext hashes to id. Corruption wraps ErrCorrupt,
+// absence ErrNotFound.
+func (r *Repository) loadObject(ctx context.Context, key string, id ChunkID, maxSize int, dst []byte) ([]byte, error) {
+	enc, err := r.get(ctx, key)
+	if err != nil {
+		return dst, err
+	}
+	start := len(dst)
+	out, err := compress.Decode(dst, enc, maxSize)
+	if err != nil {
+		return dst, fmt.Errorf("decode %s: %w: %w", key, err, ErrCorrupt)
+	}
+	if sha256.Sum256(out[start:]) != id {
+		return dst, fmt.Errorf("%s: content does not match its id: %w", key, ErrCorrupt)
+	}
+	return out, nil
+}
+
+// readChunk appends chunk id's verified plaintext to dst.
+func (r *Repository) readChunk(ctx context.Context, id ChunkID, dst []byte) ([]byte, error) {
+	return r.loadObject(ctx, ChunkKey(id), id, r.cfg.ChunkSize, dst)
+}
+
+// putChunk is PointWriter.PutChunk.
+func (w *PointWriter) putChunk(ctx context.Context, id ChunkID, p []byte) (PutResult, error) {
+	if err := ctx.Err(); err != nil {
+		return PutResult{}, err
+	}
+	if len(p) > w.r.cfg.ChunkSize {
+		return PutResult{}, fmt.Errorf("put chunk %s: %d bytes exceed the chunk size %d", id, len(p), w.r.cfg.ChunkSize)
+	}
+	if id.IsZero() {
+		return PutResult{}, fmt.Errorf("put chunk: the zero id is reserved for all-zero chunks, which are not stored")
+	}
+	if w.isDone() {
+		return PutResult{}, fmt.Errorf("put chunk %s: point writer already committed or aborted", id)
+	}
+	w.mu.RLock()
+	_, ok := w.known[id]
+	w.mu.RUnlock()
+	if ok {
+		return PutResult{}, nil
+	}
+	key := ChunkKey(id)
+	there, err := w.r.exists(ctx, key)
+	if err != nil {
+		return PutResult{}, fmt.Errorf("put chunk %s: %w", id, err)
+	}
+	var res PutResult
+	if !there {
+		n, err := w.r.storeObject(ctx, key, p)
+		if err != nil {
+			return PutResult{}, fmt.Errorf("put chunk %s: %w", id, err)
+		}
+		res = PutResult{New: true, Stored: n}
+	}
+	w.mu.Lock()
+	w.known[id] = struct{}{}
+	w.mu.Unlock()
+	return res, nil
+}

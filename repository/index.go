@@ -1,0 +1,222 @@
+package repository
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// PageSlots is the number of chunk ids in one index page (128 KiB of ids,
+// 4 GiB of disk at 1 MiB chunks).
+const PageSlots = 4096
+
+// rootMagic starts every index root (format version 1).
+var rootMagic = [8]byte{'V', 'M', 'B', 'I', 'D', 'X', 0, 1}
+
+const rootHeader = 8 + 8 + 4 + 4 + 4
+
+// maxRootSize bounds a root's decoded size: 2^20 pages is 4 Gi slots.
+const maxRootSize = rootHeader + 32<<20
+
+func newIndex(size int64, chunkSize int) *Index {
+	if size < 0 || chunkSize <= 0 {
+		panic(fmt.Sprintf("repository: NewIndex(%d, %d): negative size or non-positive chunk size", size, chunkSize))
+	}
+	n := (size + int64(chunkSize) - 1) / int64(chunkSize)
+	return &Index{size: size, chunkSize: chunkSize, ids: make([]ChunkID, n)}
+}
+
+// slotLen is the number of disk bytes slot i covers.
+func (x *Index) slotLen(i int) int {
+	off := int64(i) * int64(x.chunkSize)
+	return int(min(int64(x.chunkSize), x.size-off))
+}
+
+// pageCount is the number of index pages of a disk with n slots.
+func pageCount(n int) int { return (n + PageSlots - 1) / PageSlots }
+
+// page returns the plaintext of page k (the ids of its slots).
+func (x *Index) page(k int, buf []byte) []byte {
+	lo, hi := k*PageSlots, min((k+1)*PageSlots, len(x.ids))
+	buf = buf[:0]
+	for _, id := range x.ids[lo:hi] {
+		buf = append(buf, id[:]...)
+	}
+	return buf
+}
+
+// pageIDs returns the id of every page of x.
+func (x *Index) pageIDs() []ChunkID {
+	ids := make([]ChunkID, pageCount(len(x.ids)))
+	buf := make([]byte, 0, PageSlots*32)
+	for k := range ids {
+		buf = x.page(k, buf)
+		ids[k] = sha256.Sum256(buf)
+	}
+	return ids
+}
+
+// encodeRoot returns the root plaintext of x given its page ids.
+func (x *Index) encodeRoot(pages []ChunkID) []byte {
+	b := make([]byte, 0, rootHeader+32*len(pages))
+	b = append(b, rootMagic[:]...)
+	b = binary.BigEndian.AppendUint64(b, uint64(x.size))
+	b = binary.BigEndian.AppendUint32(b, uint32(x.chunkSize))
+	b = binary.BigEndian.AppendUint32(b, PageSlots)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(pages)))
+	for _, p := range pages {
+		b = append(b, p[:]...)
+	}
+	return b
+}
+
+// indexRoot is a decoded index root.
+type indexRoot struct {
+	size      int64
+	chunkSize int
+	pages     []ChunkID
+}
+
+func decodeRoot(b []byte) (*indexRoot, error) {
+	if len(b) < rootHeader || !bytes.Equal(b[:8], rootMagic[:]) {
+		return nil, fmt.Errorf("not an index root (bad header)")
+	}
+	rt := &indexRoot{
+		size:      int64(binary.BigEndian.Uint64(b[8:])),
+		chunkSize: int(binary.BigEndian.Uint32(b[16:])),
+	}
+	slots := binary.BigEndian.Uint32(b[20:])
+	n := int(binary.BigEndian.Uint32(b[24:]))
+	if slots != PageSlots {
+		return nil, fmt.Errorf("index root: page of %d slots, want %d", slots, PageSlots)
+	}
+	if rt.size < 0 || rt.chunkSize < MinChunkSize || rt.chunkSize > MaxChunkSize {
+		return nil, fmt.Errorf("index root: size %d, chunk size %d out of range", rt.size, rt.chunkSize)
+	}
+	nslots := (rt.size + int64(rt.chunkSize) - 1) / int64(rt.chunkSize)
+	if int64(n) != (nslots+PageSlots-1)/PageSlots || len(b) != rootHeader+32*n {
+		return nil, fmt.Errorf("index root: %d pages in %d bytes for %d slots", n, len(b), nslots)
+	}
+	rt.pages = make([]ChunkID, n)
+	for k := range rt.pages {
+		copy(rt.pages[k][:], b[rootHeader+32*k:])
+	}
+	return rt, nil
+}
+
+// parseRootKey returns the id in an index root key.
+func parseRootKey(key string) (ChunkID, error) {
+	s, ok := strings.CutPrefix(key, rootPrefix)
+	if !ok {
+		return ChunkID{}, fmt.Errorf("index key %q: not under %s", key, rootPrefix)
+	}
+	return ParseChunkID(s)
+}
+
+// readRoot reads and verifies an index root.
+func (r *Repository) readRoot(ctx context.Context, key string) (*indexRoot, error) {
+	id, err := parseRootKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("read index: %w: %w", err, ErrNotFound)
+	}
+	b, err := r.loadObject(ctx, key, id, maxRootSize, nil)
+	if err != nil {
+		return nil, fmt.Errorf("read index: %w", err)
+	}
+	rt, err := decodeRoot(b)
+	if err != nil {
+		return nil, fmt.Errorf("read index %s: %w: %w", key, err, ErrCorrupt)
+	}
+	return rt, nil
+}
+
+// readPage reads and verifies page k of an index into ids.
+func (r *Repository) readPage(ctx context.Context, rootKey string, k int, id ChunkID, ids []ChunkID) error {
+	b, err := r.loadObject(ctx, pageKey(id), id, PageSlots*32, nil)
+	if err != nil {
+		return fmt.Errorf("read index %s page %d: %w", rootKey, k, err)
+	}
+	if len(b) != 32*len(ids) {
+		return fmt.Errorf("read index %s page %d: %d bytes, want %d: %w", rootKey, k, len(b), 32*len(ids), ErrCorrupt)
+	}
+	for i := range ids {
+		copy(ids[i][:], b[32*i:])
+	}
+	return nil
+}
+
+// readIndex loads a whole index, pages in parallel. If pages is not nil,
+// the page ids are added to it.
+func (r *Repository) readIndex(ctx context.Context, key string, pages func(ChunkID)) (*Index, error) {
+	rt, err := r.readRoot(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	x := newIndex(rt.size, rt.chunkSize)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.opts.Concurrency)
+	for k, pid := range rt.pages {
+		if pages != nil {
+			pages(pid)
+		}
+		lo, hi := k*PageSlots, min((k+1)*PageSlots, len(x.ids))
+		g.Go(func() error { return r.readPage(gctx, key, k, pid, x.ids[lo:hi]) })
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// writeIndex stores x's pages (those not known to be stored) and its root,
+// and returns the root's key. known is consulted and updated under mu.
+func (r *Repository) writeIndex(ctx context.Context, x *Index, mu *sync.RWMutex, known map[ChunkID]struct{}) (string, error) {
+	pids := x.pageIDs()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.opts.Concurrency)
+	for k, pid := range pids {
+		mu.RLock()
+		_, ok := known[pid]
+		mu.RUnlock()
+		if ok {
+			continue
+		}
+		g.Go(func() error {
+			key := pageKey(pid)
+			there, err := r.exists(gctx, key)
+			if err != nil {
+				return fmt.Errorf("write index page %d: %w", k, err)
+			}
+			if !there {
+				if _, err := r.storeObject(gctx, key, x.page(k, make([]byte, 0, PageSlots*32))); err != nil {
+					return fmt.Errorf("write index page %d: %w", k, err)
+				}
+			}
+			mu.Lock()
+			known[pid] = struct{}{}
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return "", err
+	}
+	root := x.encodeRoot(pids)
+	key := rootKey(sha256.Sum256(root))
+	there, err := r.exists(ctx, key)
+	if err != nil {
+		return "", fmt.Errorf("write index root: %w", err)
+	}
+	if !there {
+		if _, err := r.storeObject(ctx, key, root); err != nil {
+			return "", fmt.Errorf("write index root: %w", err)
+		}
+	}
+	return key, nil
+}
