@@ -514,3 +514,16 @@ func (s *Server) VMStatus(vmID string) (string, error) {
 func pemCert(der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
+
+// SetVMStatus sets a VM's status directly (RUNNING, STOPPED, SUSPENDED), as
+// an administrator acting behind the backend's back would.
+func (s *Server) SetVMStatus(vmID, status string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.vms[vmID]
+	if v == nil {
+		return fmt.Errorf("avetest: vm %q: %w", vmID, ErrNotFound)
+	}
+	v.Status = status
+	return nil
+}
