@@ -529,3 +529,39 @@ func TestNewValidates(t *testing.T) {
 		}
 	}
 }
+
+// TestReleaseDuringSlowDownload: Release stops a download that crawls (an
+// hour per 64 KiB), deletes the export file and the snapshot, and reads
+// waiting for data fail instead of hanging.
+func TestReleaseDuringSlowDownload(t *testing.T) {
+	srv, hv := newBackend(t, avetest.Options{}, nil)
+	info, want := addVM(t, srv, "vm-slow", 512*kib)
+	srv.Inject(avetest.Fault{Op: "download", Delay: time.Hour})
+	ctx := t.Context()
+	s, err := hv.Snapshot(ctx, info.ID, hypervisor.SnapshotOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.OpenDisk(ctx, info.DiskIDs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first 64 KiB arrive before the delay: served while the rest
+	// of the download crawls.
+	first := make([]byte, 64*kib)
+	if _, err := d.ReadAt(first, 0); err != nil || !bytes.Equal(first, want[:64*kib]) {
+		t.Fatalf("ReadAt of the first block during a slow download: %v, equal %v", err, bytes.Equal(first, want[:64*kib]))
+	}
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := d.ReadAt(make([]byte, 4096), 400*kib)
+		waiting <- err
+	}()
+	if err := s.Release(ctx); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if err := <-waiting; err == nil {
+		t.Error("a ReadAt waiting for data succeeded after Release")
+	}
+	nothingLeft(t, srv)
+}
