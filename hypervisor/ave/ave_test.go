@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -564,4 +565,32 @@ func TestReleaseDuringSlowDownload(t *testing.T) {
 		t.Error("a ReadAt waiting for data succeeded after Release")
 	}
 	nothingLeft(t, srv)
+}
+
+func TestOptionsFromEnv(t *testing.T) {
+	srv := avetest.NewServer(avetest.Options{TLS: true})
+	defer srv.Close()
+	ca := t.TempDir() + "/ca.pem"
+	if err := os.WriteFile(ca, srv.Certificate(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(ave.EnvUsername, avetest.DefaultUsername)
+	t.Setenv(ave.EnvPassword, avetest.DefaultPassword)
+	t.Setenv(ave.EnvCAFile, ca)
+	o, err := ave.OptionsFromEnv(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Logger = quietLogger()
+	hv, err := ave.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hv.ListVMs(t.Context()); err != nil {
+		t.Errorf("ListVMs with options from the environment: %v", err)
+	}
+	t.Setenv(ave.EnvInsecure, "maybe")
+	if _, err := ave.OptionsFromEnv(srv.URL()); err == nil || !strings.Contains(err.Error(), ave.EnvInsecure) {
+		t.Errorf("bad %s: %v, want an error naming it", ave.EnvInsecure, err)
+	}
 }

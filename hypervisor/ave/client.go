@@ -261,8 +261,8 @@ func (c *client) currentToken(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("ave: login: %w", err)
 	}
 	if status >= 400 {
-		err := parseError("login", status, ctype, data)
-		return "", fmt.Errorf("%w: %w", ErrLogin, err)
+		err := parseError("login", status, ctype, data).(*APIError)
+		return "", fmt.Errorf("%w: AOC answered %d %s: %s", ErrLogin, err.Status, err.Code, err.Message)
 	}
 	if err := decodeAnswer("login", ctype, data, &ans); err != nil {
 		return "", err

@@ -89,7 +89,10 @@ func (h *Hypervisor) OpenDiskForWrite(ctx context.Context, vmID, diskID string) 
 		return nil, fmt.Errorf("ave: open disk %s of vm %s for write: already open: %w", diskID, vmID, hypervisor.ErrConflict)
 	}
 	h.writing[diskID] = vmID
+	// A volume CreateVM made is known to be zeros only until its VM
+	// first runs; the mark is used once, by the rebuild that follows.
 	fresh := h.fresh[vol.ID]
+	delete(h.fresh, vol.ID)
 	h.mu.Unlock()
 	release := func() {
 		h.mu.Lock()
