@@ -190,7 +190,7 @@ func (s *Server) advance(t *task) {
 		return
 	}
 	d := s.opts.TaskDuration
-	el := time.Since(t.start)
+	el := s.opts.Now().Sub(t.start)
 	switch {
 	case el < d/4:
 		t.status, t.progress = "PENDING", 0
@@ -226,7 +226,7 @@ func (s *Server) taskWire(t *task) map[string]any {
 
 // newTask starts a task for op; a fault can make it fail or hang.
 func (s *Server) newTask(op string, f *Fault, done func(failed bool)) string {
-	t := &task{ID: s.newID("task"), Op: op, start: time.Now(), done: done, status: "PENDING"}
+	t := &task{ID: s.newID("task"), Op: op, start: s.opts.Now(), done: done, status: "PENDING"}
 	if f != nil {
 		t.fail = f.FailTask
 		t.hang = f.HangTask

@@ -101,6 +101,9 @@ type Options struct {
 	// NoRange makes downloads ignore Range headers (always 200 with the
 	// whole file), as some servers do.
 	NoRange bool
+	// Now is the clock tasks progress by; nil means time.Now. Tests of
+	// task states set a fake clock.
+	Now func() time.Time
 	// TLS serves over HTTPS with a self-signed certificate (see
 	// Server.Certificate).
 	TLS bool
@@ -166,6 +169,9 @@ func NewServer(opts Options) *Server {
 	}
 	if opts.TaskDuration <= 0 {
 		opts.TaskDuration = 20 * time.Millisecond
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
 	}
 	if opts.ChunkSize <= 0 {
 		opts.ChunkSize = 256 << 10

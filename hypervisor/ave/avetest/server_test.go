@@ -8,6 +8,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -124,7 +125,11 @@ func TestWhereAndPaging(t *testing.T) {
 }
 
 func TestTasksProgressAndPowerRules(t *testing.T) {
-	w := newWire(t, avetest.Options{TaskDuration: 40 * time.Millisecond})
+	var mu sync.Mutex
+	now := time.Unix(1_000_000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	w := newWire(t, avetest.Options{TaskDuration: 40 * time.Second, Now: clock})
 	info, _ := w.srv.AddVM(avetest.VMSpec{Name: "vm", Disks: []avetest.DiskSpec{{Size: 65536}}})
 	var e struct{ Code string }
 	if st := w.post("start-vm", map[string]any{"where": map[string]any{"id": info.ID}}, &e); st != 400 || e.Code != "VM_STATUS_NOT_ALLOWED" {
@@ -134,26 +139,25 @@ func TestTasksProgressAndPowerRules(t *testing.T) {
 		TaskID string `json:"task_id"`
 	}
 	w.post("poweroff-vm", map[string]any{"where": map[string]any{"id": info.ID}}, &ans)
-	seen := map[string]bool{}
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+	type state struct {
+		Status   string
+		Progress float64
+		VM       string
+	}
+	var got []state
+	for _, step := range []time.Duration{0, 20 * time.Second, 20 * time.Second} {
+		advance(step)
 		var ts []struct {
 			Status   string
 			Progress float64
 		}
 		w.post("get-tasks", map[string]any{"where": map[string]any{"id": ans[0].TaskID}}, &ts)
-		seen[ts[0].Status] = true
-		if ts[0].Status == "SUCCESSED" {
-			if ts[0].Progress != 1 {
-				t.Errorf("SUCCESSED with progress %v", ts[0].Progress)
-			}
-			break
-		}
+		vm, _ := w.srv.VMStatus(info.ID)
+		got = append(got, state{ts[0].Status, ts[0].Progress, vm})
 	}
-	if !seen["PENDING"] || !seen["EXECUTING"] || !seen["SUCCESSED"] {
-		t.Errorf("task states seen %v, want PENDING, EXECUTING, SUCCESSED", seen)
-	}
-	if st, _ := w.srv.VMStatus(info.ID); st != "STOPPED" {
-		t.Errorf("after poweroff-vm the VM is %s", st)
+	want := []state{{"PENDING", 0, "RUNNING"}, {"EXECUTING", 0.5, "RUNNING"}, {"SUCCESSED", 1, "STOPPED"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("task and VM states (-want +got):\n%s", diff)
 	}
 }
 
