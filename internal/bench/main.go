@@ -32,7 +32,9 @@
 //     the second one.
 //   - ref: the reference pipeline (see ref.go): the same work done as
 //     plainly as possible on all cores, with vmbackup's chunk size and
-//     codec, so the distance to what the machine allows is measured.
+//     codec, so the distance to what the machine allows is measured; its
+//     restore is timed twice, through the page cache (restore) and with
+//     O_DIRECT writes (restore-direct).
 //
 // Every restore is compared byte for byte with the image it must equal.
 //
@@ -52,6 +54,11 @@
 // The page cache is not dropped unless -drop-caches is given (root only):
 // without it the image is read from memory, which favours no tool, and
 // the output says so.
+//
+// After the table come vmbackup's ratios against every other tool and the
+// targets of issue 8, each marked met or NOT MET; with -cpuprofile, the
+// top functions of vmbackup's first full backup. -matrix replaces all that
+// with a table of vmbackup (and ref) at every chunk size and codec.
 package main
 
 import (
