@@ -622,3 +622,34 @@ func TestConsistency(t *testing.T) {
 		t.Errorf("quiescing guest: %s %q, want application consistency", r.Consistency, r.Note)
 	}
 }
+
+// TestCorruptChunk: a damaged chunk stops a restore with an error that
+// wraps repository.ErrCorrupt and names the chunk, and the job fails.
+func TestCorruptChunk(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "mem", nil, backup.Config{})
+	vm := e.addVM(t, "web", 1)
+	p := e.backup(t, backup.Request{VMIDs: []string{vm.ID}}).VMs[0].PointID
+	m, err := e.repo.Point(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := e.repo.ReadIndex(ctx, m.Disks[0].Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var victim repository.ChunkID
+	for i := 0; i < idx.Len() && victim.IsZero(); i++ {
+		victim = idx.Get(i)
+	}
+	if err := e.repo.Bucket().WriteAll(ctx, repository.ChunkKey(victim), []byte("garbage"), nil); err != nil {
+		t.Fatal(err)
+	}
+	job, err := e.svc.Rebuild(ctx, p, restore.RebuildOptions{Name: "copy"})
+	if !errors.Is(err, repository.ErrCorrupt) {
+		t.Fatalf("rebuild from a damaged point: %v, want ErrCorrupt", err)
+	}
+	if job.State != backup.JobFailed || !strings.Contains(err.Error(), victim.String()) || !strings.Contains(err.Error(), "incomplete") {
+		t.Errorf("job %s, error %q: want failed, naming chunk %s and saying the vm is incomplete", job.State, err, victim)
+	}
+}
