@@ -25,7 +25,9 @@ const (
 	DefaultMaxConcurrency   = 8
 	DefaultPageSize         = 100
 	DefaultDownloadRetries  = 5
-	DefaultSource           = "LOCAL"
+	// DefaultDownloadIdleTimeout is Options.DownloadIdleTimeout's default.
+	DefaultDownloadIdleTimeout = 2 * time.Minute
+	DefaultSource              = "LOCAL"
 )
 
 // Options configures New. BaseURL and either Username+Password or Token are
@@ -77,6 +79,11 @@ type Options struct {
 	// progress is retried (resumed with Range where AOC honours it);
 	// default DefaultDownloadRetries.
 	DownloadRetries int
+	// DownloadIdleTimeout ends a download that receives nothing for
+	// this long (it is then retried like a dropped one), so that a
+	// stalled connection cannot keep ReadAt waiting for ever; default
+	// DefaultDownloadIdleTimeout.
+	DownloadIdleTimeout time.Duration
 
 	// StoragePolicy is the elf_storage_policy of volumes this backend
 	// creates; empty means the replaced volume's policy on restore and
@@ -158,6 +165,9 @@ func New(opts Options) (*Hypervisor, error) {
 	}
 	if opts.DownloadRetries <= 0 {
 		opts.DownloadRetries = DefaultDownloadRetries
+	}
+	if opts.DownloadIdleTimeout <= 0 {
+		opts.DownloadIdleTimeout = DefaultDownloadIdleTimeout
 	}
 	log := opts.Logger
 	if log == nil {

@@ -594,3 +594,22 @@ func TestOptionsFromEnv(t *testing.T) {
 		t.Errorf("bad %s: %v, want an error naming it", ave.EnvInsecure, err)
 	}
 }
+
+// TestStalledDownload: a download that stops sending (an hour's pause) is
+// ended by the idle timeout and resumed.
+func TestStalledDownload(t *testing.T) {
+	srv, hv := newBackend(t, avetest.Options{}, func(o *ave.Options) { o.DownloadIdleTimeout = 50 * time.Millisecond })
+	info, want := addVM(t, srv, "vm-stall", 512*kib)
+	srv.Inject(avetest.Fault{Op: "download", Delay: time.Hour})
+	got, err := backupDisk(t.Context(), hv, info.ID, info.DiskIDs[0], 512*kib)
+	if err != nil {
+		t.Fatalf("backup with a stalled download: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Error("bytes differ after the stalled download was resumed")
+	}
+	if n := srv.Requests("download"); n != 2 {
+		t.Errorf("%d download requests, want 2 (stalled, resumed)", n)
+	}
+	nothingLeft(t, srv)
+}

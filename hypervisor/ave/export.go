@@ -219,7 +219,20 @@ type permanentError struct{ error }
 func (e permanentError) Unwrap() error { return e.error }
 
 // fetch GETs the link from byte from and writes what arrives.
-func (st *staging) fetch(ctx context.Context, from int64) error {
+func (st *staging) fetch(ctx context.Context, from int64) (err error) {
+	// The idle timer cancels the request when nothing arrives for
+	// DownloadIdleTimeout; every piece received resets it.
+	idle := st.h.opts.DownloadIdleTimeout
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stalled := fmt.Errorf("download: nothing received for %v", idle)
+	timer := time.AfterFunc(idle, func() { cancel(stalled) })
+	defer timer.Stop()
+	defer func() {
+		if err != nil && context.Cause(ctx) == stalled {
+			err = stalled
+		}
+	}()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, st.link, nil)
 	if err != nil {
 		return permanentError{fmt.Errorf("download link: %w", err)}
@@ -261,6 +274,7 @@ func (st *staging) fetch(ctx context.Context, from int64) error {
 	off := from
 	for off < st.size {
 		n, err := io.ReadFull(resp.Body, buf[:min(int64(len(buf)), st.size-off)])
+		timer.Reset(idle)
 		if n > 0 {
 			if !allZero(buf[:n]) {
 				st.fileMu.RLock()
