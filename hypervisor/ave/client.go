@@ -43,6 +43,7 @@ type APIError struct {
 	Message string
 }
 
+// Error names the operation, the status and AOC's code and message.
 func (e *APIError) Error() string {
 	if e.Status == 0 {
 		return fmt.Sprintf("ave: %s failed: %s: %s", e.Op, e.Code, e.Message)

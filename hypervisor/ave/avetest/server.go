@@ -60,8 +60,10 @@
 //
 // # Seeding and faults
 //
-// AddVM, AddVLAN, GuestWrite and SetToolsRunning seed the state; ReadDisk,
-// Snapshots, ExportFiles, Volumes and Requests inspect it; Inject makes
+// AddVM, AddVLAN, GuestWrite, SetToolsRunning and SetVMStatus seed the
+// state; ReadDisk, VMStatus, Counts (VMs, volumes, snapshots, export files,
+// uploads, tasks: to check that nothing was left behind), Snapshots and
+// Requests inspect it; Inject makes
 // operations fail (an HTTP status, a raw body such as malformed JSON or an
 // HTML page, a failed or never-ending task, a slow or dropped download);
 // ExpireTokens invalidates every token issued so far.
