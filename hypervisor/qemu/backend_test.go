@@ -409,7 +409,7 @@ func TestAttach(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	defer cmd.Process.Kill()
 	for i := 0; ; i++ {
 		if _, err := os.Stat(sock); err == nil {
 			break
@@ -429,6 +429,7 @@ func TestAttach(t *testing.T) {
 	if _, err := h.Define(ctx, VMSpec{Name: "bad", QMPSocket: sock, Disks: []DiskSpec{{ID: "sys", Image: img}}}); err == nil {
 		t.Errorf("Define of an attached VM without node names succeeded")
 	}
+
 	vm, err := h.VM(ctx, "ext")
 	if err != nil || vm.Power != hypervisor.PowerRunning {
 		t.Fatalf("VM = %+v, %v; want running", vm, err)
@@ -453,6 +454,53 @@ func TestAttach(t *testing.T) {
 		t.Fatalf("the attached QEMU is gone after Close: %v", err)
 	}
 	c.Close()
+
+	// Restore in place of an attached VM: power off (QEMU quits), write
+	// through a storage daemon, read back through a snapshot of the
+	// stopped VM. Start is the owner's business.
+	h2, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h2.Close()
+	if _, err := h2.Define(ctx, VMSpec{Name: "bad", QMPSocket: sock, Disks: []DiskSpec{{ID: "sys", Image: img, Node: "nope"}}}); err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Errorf("Define of an attached VM with an unknown node: %v, want an error naming it", err)
+	}
+	if _, err := h2.Define(ctx, VMSpec{Name: "ext", QMPSocket: sock, Disks: []DiskSpec{{ID: "sys", Image: img, Node: "sys"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h2.PowerOff(ctx, "ext"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("the attached QEMU after PowerOff: %v", err)
+	}
+	if err := h2.Start(ctx, "ext"); !errors.Is(err, hypervisor.ErrUnsupported) {
+		t.Errorf("Start of an attached VM that stopped: %v, want ErrUnsupported", err)
+	}
+	w, err := h2.OpenDiskForWrite(ctx, "ext", "sys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteAt([]byte("restored"), 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = h2.Snapshot(ctx, "ext", hypervisor.SnapshotOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Release(ctx)
+	d, err = s.OpenDisk(ctx, "sys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 8)
+	if _, err := d.ReadAt(got, 4096); err != nil || string(got) != "restored" {
+		t.Errorf("read back %q, %v; want %q", got, err, "restored")
+	}
 }
 
 // Application consistency freezes the guest through the agent around the

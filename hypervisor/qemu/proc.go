@@ -19,12 +19,15 @@ import (
 // qemu-system (started or attached) or a qemu-storage-daemon serving a
 // stopped VM's images.
 type proc struct {
-	h       *Hypervisor
-	name    string // for messages
-	cmd     *exec.Cmd
-	qmp     *qmp.Client
-	exited  chan struct{} // closed when the started process has exited
-	stderr  *syncBuffer
+	h      *Hypervisor
+	name   string // for messages
+	cmd    *exec.Cmd
+	qmp    *qmp.Client
+	exited chan struct{} // closed when the started process has exited
+	stderr *syncBuffer
+	// disks are the VM's disks with the node names they have in this
+	// process (a storage daemon names them itself).
+	disks   []DiskSpec
 	nbdOnce sync.Mutex
 	nbdSock string // set once the NBD server runs
 }
@@ -65,7 +68,7 @@ func blockdevArgs(disks []DiskSpec, flag string) []string {
 }
 
 // startProc starts bin with args plus a QMP socket and connects to it.
-func (h *Hypervisor) startProc(ctx context.Context, name, bin string, args []string, daemon bool) (*proc, error) {
+func (h *Hypervisor) startProc(ctx context.Context, name, bin string, args []string, daemon bool, disks []DiskSpec) (*proc, error) {
 	sock := h.runPath(h.uniq("qmp") + ".sock")
 	chardev := "socket,id=vmbqmp,path=" + sock + ",server=on,wait=off"
 	if daemon {
@@ -73,7 +76,7 @@ func (h *Hypervisor) startProc(ctx context.Context, name, bin string, args []str
 	} else {
 		args = append([]string{"-chardev", chardev, "-mon", "chardev=vmbqmp,mode=control"}, args...)
 	}
-	p := &proc{h: h, name: name, exited: make(chan struct{}), stderr: &syncBuffer{}}
+	p := &proc{h: h, name: name, exited: make(chan struct{}), stderr: &syncBuffer{}, disks: disks}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout = p.stderr
 	p.cmd.Stderr = p.stderr
@@ -108,12 +111,30 @@ func (h *Hypervisor) startProc(ctx context.Context, name, bin string, args []str
 }
 
 // attachProc connects to the QMP socket of a QEMU someone else runs.
-func attachProc(ctx context.Context, h *Hypervisor, name, sock string) (*proc, error) {
+func attachProc(ctx context.Context, h *Hypervisor, name, sock string, disks []DiskSpec) (*proc, error) {
 	c, err := qmp.Dial(ctx, sock)
 	if err != nil {
 		return nil, err
 	}
-	return &proc{h: h, name: name, qmp: c}, nil
+	p := &proc{h: h, name: name, qmp: c, disks: disks}
+	for _, d := range disks {
+		if _, err := p.bitmaps(ctx, d.Node); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("disk %q: %w", d.ID, err)
+		}
+	}
+	return p, nil
+}
+
+// daemonDisks returns disks with the node names a storage daemon gives
+// them.
+func daemonDisks(disks []DiskSpec) []DiskSpec {
+	out := append([]DiskSpec(nil), disks...)
+	for i := range out {
+		out[i].Node = fmt.Sprintf("vmbd%d", i)
+		out[i].GuestNode = fmt.Sprintf("vmbg%d", i)
+	}
+	return out
 }
 
 // alive reports whether the process still runs (for an attached one:

@@ -119,7 +119,7 @@ func (h *Hypervisor) Snapshot(ctx context.Context, vmID string, opts hypervisor.
 func (s *snapshot) take(ctx context.Context, freeze, fallback bool) error {
 	h, p := s.v.h, s.p
 	var actions []map[string]any
-	for i, ds := range s.v.spec.Disks {
+	for i, ds := range p.disks {
 		d := &snapDisk{spec: ds, size: s.v.sizes[i]}
 		s.disks = append(s.disks, d)
 		base := h.uniq("f")

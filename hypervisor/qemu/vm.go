@@ -115,7 +115,7 @@ func cloneMap(m map[string]string) map[string]string {
 
 // attach connects to the QMP socket of an attached VM. Call with mu held.
 func (v *vm) attach(ctx context.Context) error {
-	p, err := attachProc(ctx, v.h, "QEMU of "+v.spec.Name, v.spec.QMPSocket)
+	p, err := attachProc(ctx, v.h, "QEMU of "+v.spec.Name, v.spec.QMPSocket, v.spec.Disks)
 	if err != nil {
 		return fmt.Errorf("qemu: attach %q: %w", v.spec.Name, err)
 	}
@@ -161,7 +161,7 @@ func (v *vm) start(ctx context.Context) error {
 		}
 	}
 	args = append(args, v.spec.ExtraArgs...)
-	p, err := v.h.startProc(ctx, "QEMU of "+v.spec.Name, v.h.opts.QEMU, args, false)
+	p, err := v.h.startProc(ctx, "QEMU of "+v.spec.Name, v.h.opts.QEMU, args, false, v.spec.Disks)
 	if err != nil {
 		return fmt.Errorf("qemu: start %q: %w", v.spec.Name, err)
 	}
@@ -205,7 +205,8 @@ func (v *vm) acquireOffline(ctx context.Context) (*proc, error) {
 		v.offRefs = 0
 	}
 	if v.offline == nil {
-		p, err := v.h.startProc(ctx, "storage daemon of "+v.spec.Name, v.h.opts.StorageDaemon, blockdevArgs(v.spec.Disks, "--blockdev"), true)
+		disks := daemonDisks(v.spec.Disks)
+		p, err := v.h.startProc(ctx, "storage daemon of "+v.spec.Name, v.h.opts.StorageDaemon, blockdevArgs(disks, "--blockdev"), true, disks)
 		if err != nil {
 			return nil, fmt.Errorf("serve the images of stopped VM %q: %w", v.spec.Name, err)
 		}

@@ -40,7 +40,7 @@ func (h *Hypervisor) OpenDiskForWrite(ctx context.Context, vmID, diskID string) 
 	if err != nil {
 		return nil, fmt.Errorf("qemu: open disk %q for writing: %w", diskID, err)
 	}
-	ds := v.spec.Disks[i]
+	ds := p.disks[i]
 	export := h.uniq("vmbw")
 	fail := func(err error) (hypervisor.WritableDisk, error) {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
@@ -193,7 +193,7 @@ func (v *vm) guest(ctx context.Context, i int) (*guestDisk, error) {
 	if !v.running() {
 		return nil, fmt.Errorf("the VM is not running: %w", hypervisor.ErrConflict)
 	}
-	ds := v.spec.Disks[i]
+	ds := v.run.disks[i]
 	if ds.GuestNode == "" {
 		return nil, fmt.Errorf("disk has no guest node: %w", hypervisor.ErrUnsupported)
 	}

@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 )
 
 // ErrClosed is wrapped by the errors of commands on a closed or broken
@@ -71,6 +72,11 @@ type message struct {
 	QMP    json.RawMessage `json:"QMP"`
 }
 
+// GreetingTimeout bounds the wait for QEMU's greeting in Dial. QEMU
+// serves one client per QMP socket, so a socket another client holds
+// accepts the connection but never greets.
+const GreetingTimeout = 10 * time.Second
+
 // Dial connects to a QMP unix socket, reads the greeting and enters command
 // mode (qmp_capabilities).
 func Dial(ctx context.Context, path string) (*Client, error) {
@@ -97,11 +103,18 @@ func dial(ctx context.Context, path string, greeting bool) (*Client, error) {
 	}
 	dec := json.NewDecoder(bufio.NewReader(nc))
 	if greeting {
-		stop := context.AfterFunc(ctx, func() { nc.Close() })
+		// QEMU serves one client per QMP socket: while another is
+		// connected, the greeting never comes.
+		gctx, cancel := context.WithTimeout(ctx, GreetingTimeout)
+		defer cancel()
+		stop := context.AfterFunc(gctx, func() { nc.Close() })
 		var m message
 		err := dec.Decode(&m)
 		if !stop() {
-			err = ctx.Err()
+			err = gctx.Err()
+			if ctx.Err() == nil {
+				err = fmt.Errorf("none within %v (is another client connected?): %w", GreetingTimeout, err)
+			}
 		}
 		if err != nil {
 			nc.Close()
