@@ -21,7 +21,7 @@ import (
 // with it.
 type Plan struct {
 	// ID names the plan in its Store: 1–128 of [A-Za-z0-9._-], not
-	// starting with a dot.
+	// starting or ending with a dot (it is part of object keys and paths).
 	ID          string  `json:"id"`
 	Name        string  `json:"name"`
 	Description string  `json:"description,omitempty"`
@@ -313,7 +313,7 @@ func Problems(err error) []*FieldError {
 	return out
 }
 
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$`)
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]([A-Za-z0-9._-]{0,126}[A-Za-z0-9_-])?$`)
 
 // Validate checks every field of the plan and returns all problems at
 // once, each a *FieldError naming the field path and the rule, in an
@@ -340,7 +340,7 @@ func (p *Plan) Validate() error {
 	}
 
 	if !idPattern.MatchString(p.ID) {
-		add("id", "%q must be 1–128 characters of A-Z a-z 0-9 . _ - not starting with a dot", p.ID)
+		add("id", "%q must be 1–128 characters of A-Z a-z 0-9 . _ - not starting or ending with a dot", p.ID)
 	}
 	if strings.TrimSpace(p.Name) == "" {
 		add("name", "is required")

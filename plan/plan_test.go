@@ -85,9 +85,10 @@ func TestValidate(t *testing.T) {
 		change func(p *Plan)
 		want   []string
 	}{
-		{"id empty", func(p *Plan) { p.ID = "" }, []string{`id: "" must be 1–128 characters of A-Z a-z 0-9 . _ - not starting with a dot`}},
-		{"id with slash", func(p *Plan) { p.ID = "a/b" }, []string{`id: "a/b" must be 1–128 characters of A-Z a-z 0-9 . _ - not starting with a dot`}},
-		{"id dot dot", func(p *Plan) { p.ID = ".." }, []string{`id: ".." must be 1–128 characters of A-Z a-z 0-9 . _ - not starting with a dot`}},
+		{"id empty", func(p *Plan) { p.ID = "" }, []string{`id: "" must be 1–128 characters of A-Z a-z 0-9 . _ - not starting or ending with a dot`}},
+		{"id with slash", func(p *Plan) { p.ID = "a/b" }, []string{`id: "a/b" must be 1–128 characters of A-Z a-z 0-9 . _ - not starting or ending with a dot`}},
+		{"id dot dot", func(p *Plan) { p.ID = ".." }, []string{`id: ".." must be 1–128 characters of A-Z a-z 0-9 . _ - not starting or ending with a dot`}},
+		{"id ending with a dot", func(p *Plan) { p.ID = "a.." }, []string{`id: "a.." must be 1–128 characters of A-Z a-z 0-9 . _ - not starting or ending with a dot`}},
 		{"no name", func(p *Plan) { p.Name = " " }, []string{"name: is required"}},
 		{"no objects", func(p *Plan) { p.Objects = Objects{} }, []string{"objects: no backup objects: list vmIDs or selectors"}},
 		{"bad vm ids", func(p *Plan) { p.Objects.VMIDs = []string{"a", "", "a"} }, []string{"objects.vmIDs[1]: is empty", `objects.vmIDs[2]: "a" is listed twice`}},

@@ -9,6 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,6 +68,12 @@ type BlobStoreOptions struct {
 	// older ones are deleted after each write); 0 means
 	// DefaultKeepVersions, and at least 2 are kept.
 	KeepVersions int
+	// LocalDir, if set, is the directory a fileblob bucket is rooted at
+	// (file:// URL path). Versions are then created by writing a temp file
+	// and link(2)ing it to its name, which fails if the name exists: atomic
+	// between processes, unlike fileblob's IfNotExist (see BlobStore).
+	// Prefix must then be a plain relative path.
+	LocalDir string
 	// PruneAfter protects versions written less than this before the
 	// newest one (by the bucket's clock) from pruning; it must exceed the
 	// time a write takes from its upload to its check (see BlobStore).
@@ -102,16 +111,17 @@ type BlobStoreOptions struct {
 // racing), gcsblob and azureblob are atomic.
 // fileblob (gocloud.dev v0.47) is not: it checks for the file and then
 // renames over it, so two processes writing one plan in one directory at
-// the same instant may both succeed. A BlobStore therefore serialises its
-// own writes, which makes goroutines sharing it safe on every driver;
-// use one BlobStore per bucket in a process, and an object store, not a
-// shared directory, when several processes edit plans.
+// the same instant may both succeed. Set BlobStoreOptions.LocalDir for
+// file:// buckets: versions are then published with link(2), which is
+// atomic. A BlobStore also serialises its own writes, so goroutines
+// sharing one are safe on every driver.
 type BlobStore struct {
 	b      *blob.Bucket
 	prefix string
 	keep   int
-	// pruneAfter: see BlobStoreOptions.PruneAfter.
+	// pruneAfter and localDir: see BlobStoreOptions.
 	pruneAfter time.Duration
+	localDir   string
 	mu         sync.Mutex // serialises commits (see the fileblob note)
 }
 
@@ -132,7 +142,7 @@ func NewBlobStore(b *blob.Bucket, opts *BlobStoreOptions) *BlobStore {
 	if o.PruneAfter <= 0 {
 		o.PruneAfter = DefaultPruneAfter
 	}
-	return &BlobStore{b: b, prefix: o.Prefix, keep: max(o.KeepVersions, 2), pruneAfter: o.PruneAfter}
+	return &BlobStore{b: b, prefix: o.Prefix, keep: max(o.KeepVersions, 2), pruneAfter: o.PruneAfter, localDir: o.LocalDir}
 }
 
 // NewMemStore returns a BlobStore in a new in-memory bucket, for tests
@@ -159,8 +169,20 @@ type version struct {
 	mod time.Time // the store's time of the write
 }
 
-// versions lists the plan's versions, ascending.
+// versions lists the plan's versions, ascending. fileblob fails a listing
+// when a file vanishes under it (a pruned version, another process's temp
+// file), so a NotFound error is retried.
 func (s *BlobStore) versions(ctx context.Context, id string) ([]version, error) {
+	for try := 0; ; try++ {
+		vs, err := s.listVersions(ctx, id)
+		if gcerrors.Code(err) == gcerrors.NotFound && try < 10 {
+			continue
+		}
+		return vs, err
+	}
+}
+
+func (s *BlobStore) listVersions(ctx context.Context, id string) ([]version, error) {
 	var vs []version
 	it := s.b.List(&blob.ListOptions{Prefix: s.dir(id)})
 	for {
@@ -341,9 +363,16 @@ func (s *BlobStore) commit(ctx context.Context, id string, next int64, r record)
 		return 0, fmt.Errorf("plan: encode %q: %w", id, err)
 	}
 	key := s.key(id, next)
-	err = s.b.WriteAll(ctx, key, b, &blob.WriterOptions{IfNotExist: true, ContentType: "application/json"})
-	if gcerrors.Code(err) == gcerrors.FailedPrecondition {
-		return 0, fmt.Errorf("%w: plan %q version %d was written by another writer", ErrConflict, id, next)
+	if s.localDir != "" {
+		err = linkCreate(filepath.Join(s.localDir, filepath.FromSlash(key)), b)
+		if errors.Is(err, fs.ErrExist) {
+			return 0, fmt.Errorf("%w: plan %q version %d was written by another writer", ErrConflict, id, next)
+		}
+	} else {
+		err = s.b.WriteAll(ctx, key, b, &blob.WriterOptions{IfNotExist: true, ContentType: "application/json"})
+		if gcerrors.Code(err) == gcerrors.FailedPrecondition {
+			return 0, fmt.Errorf("%w: plan %q version %d was written by another writer", ErrConflict, id, next)
+		}
 	}
 	if err != nil {
 		return 0, fmt.Errorf("plan: write %s: %w", key, err)
@@ -394,4 +423,33 @@ func newNonce() string {
 	var b [12]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// linkCreate creates path holding data, failing with fs.ErrExist if it
+// exists. The data is complete and synced before link(2) makes it
+// visible, so readers never see a partial version. The temp file's name
+// starts with a dot and is not a version, so listings skip it.
+func linkCreate(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Link(tmp, path)
 }

@@ -35,28 +35,52 @@ func newPlan(id string) Plan {
 	return p
 }
 
-// buckets runs f on a mem, an S3 (gofakes3) and a file bucket.
-func buckets(t *testing.T, f func(t *testing.T, b *blob.Bucket)) {
-	t.Run("mem", func(t *testing.T) {
-		b := memblob.OpenBucket(nil)
-		defer b.Close()
-		f(t, b)
-	})
-	t.Run("s3", func(t *testing.T) { f(t, s3Bucket(t)) })
-	t.Run("file", func(t *testing.T) {
-		b, err := fileblob.OpenBucket(t.TempDir(), nil)
-		if err != nil {
-			t.Fatal(err)
+// opener makes one "process" on a shared store location: a bucket
+// handle of its own and the options that go with it.
+type opener func(t *testing.T) (*blob.Bucket, *BlobStoreOptions)
+
+// locations returns, for each kind of bucket, a function that opens a new
+// handle on one shared location (mem shares one handle: it has no other).
+func locations(t *testing.T) map[string]opener {
+	mem := memblob.OpenBucket(nil)
+	t.Cleanup(func() { mem.Close() })
+	s3 := s3Bucket(t)
+	dir := t.TempDir()
+	file := func(link bool) opener {
+		return func(t *testing.T) (*blob.Bucket, *BlobStoreOptions) {
+			b, err := fileblob.OpenBucket(dir, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { b.Close() })
+			o := &BlobStoreOptions{}
+			if link {
+				o.LocalDir = dir
+			}
+			return b, o
 		}
-		defer b.Close()
-		f(t, b)
-	})
+	}
+	return map[string]opener{
+		"mem":       func(*testing.T) (*blob.Bucket, *BlobStoreOptions) { return mem, &BlobStoreOptions{} },
+		"s3":        func(*testing.T) (*blob.Bucket, *BlobStoreOptions) { return s3, &BlobStoreOptions{} },
+		"file":      file(false),
+		"file link": file(true),
+	}
+}
+
+// buckets runs f on a store in each kind of bucket.
+func buckets(t *testing.T, f func(t *testing.T, s *BlobStore)) {
+	for _, name := range []string{"mem", "s3", "file", "file link"} {
+		t.Run(name, func(t *testing.T) {
+			b, o := locations(t)[name](t)
+			f(t, NewBlobStore(b, o))
+		})
+	}
 }
 
 func TestStoreCRUD(t *testing.T) {
-	buckets(t, func(t *testing.T, b *blob.Bucket) {
+	buckets(t, func(t *testing.T, s *BlobStore) {
 		ctx := context.Background()
-		s := NewBlobStore(b, nil)
 		if _, err := s.Get(ctx, "a"); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("Get of a missing plan: %v", err)
 		}
@@ -136,31 +160,31 @@ func TestStoreCRUD(t *testing.T) {
 
 // TestStoreRace has two writers update the same version at once, many
 // times: exactly one wins each round and its change is the one stored.
-// Two BlobStores on one bucket are two processes: only IfNotExist keeps
-// them apart (memblob's is atomic; fileblob's is not, see BlobStore).
+// Two BlobStores, each on its own bucket handle, are two processes: only
+// the conditional create keeps them apart. fileblob's IfNotExist is not
+// atomic between handles (see BlobStore), so plain file is raced through
+// one store only; "file link" (LocalDir) is raced between two.
 func TestStoreRace(t *testing.T) {
-	fileBucket := func(t *testing.T) *blob.Bucket {
-		b, err := fileblob.OpenBucket(t.TempDir(), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
 	for _, tt := range []struct {
-		name     string
-		open     func(t *testing.T) *blob.Bucket
+		location string
 		oneStore bool
 	}{
-		{"mem two processes", func(*testing.T) *blob.Bucket { return memblob.OpenBucket(nil) }, false},
-		{"mem one store", func(*testing.T) *blob.Bucket { return memblob.OpenBucket(nil) }, true},
-		{"file one store", fileBucket, true},
-		{"s3 two processes", s3Bucket, false},
+		{"mem", false},
+		{"mem", true},
+		{"s3", false},
+		{"file", true},
+		{"file link", false},
 	} {
-		t.Run(tt.name, func(t *testing.T) {
+		name := tt.location + map[bool]string{true: " one store", false: " two processes"}[tt.oneStore]
+		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			b := tt.open(t)
-			defer b.Close()
-			stores := []*BlobStore{NewBlobStore(b, &BlobStoreOptions{KeepVersions: 2}), NewBlobStore(b, &BlobStoreOptions{KeepVersions: 2})}
+			open := locations(t)[tt.location]
+			var stores []*BlobStore
+			for range 2 {
+				b, o := open(t)
+				o.KeepVersions = 2
+				stores = append(stores, NewBlobStore(b, o))
+			}
 			if tt.oneStore {
 				stores[1] = stores[0]
 			}
