@@ -31,7 +31,7 @@
 // A Store keeps plans with optimistic concurrency: each write names the
 // version it is based on and fails with ErrConflict if another writer got
 // there first. BlobStore keeps them in a gocloud.dev/blob bucket (the
-// repository's, by default under plans/) using only IfNotExist writes;
-// its doc explains why that is race-safe. NewMemStore is the same on
-// mem://.
+// repository's, by default under plans/) using only IfNotExist writes
+// (link(2) on a local directory, see BlobStoreOptions.LocalDir); its doc
+// explains why that is race-safe. NewMemStore is the same on mem://.
 package plan
