@@ -411,7 +411,8 @@ func TestAttach(t *testing.T) {
 	}
 	defer cmd.Process.Kill()
 	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
+		if c, err := qmp.Dial(ctx, sock); err == nil {
+			c.Close()
 			break
 		}
 		if i > 500 {
