@@ -385,7 +385,9 @@ func newRunner(repo *repository.Repository, o Options) *runner {
 		workers = DefaultWorkers()
 	}
 	o.Logger = logger(o.Logger)
-	return &runner{repo: repo, o: o, pool: pipeline.NewPool(cs, int(o.MaxInFlightBytes/int64(cs))), workers: workers}
+	// A worker may hold two buffers, so the pool has room for at least two.
+	pool := pipeline.NewPool(cs, max(int(o.MaxInFlightBytes/int64(cs)), 2))
+	return &runner{repo: repo, o: o, pool: pool, workers: workers}
 }
 
 // restoreDisk writes disk d of point onto disk targetID of vmID.
