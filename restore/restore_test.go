@@ -136,9 +136,10 @@ func TestInPlaceSkipsUnallocatedTarget(t *testing.T) {
 		t.Errorf("method %s wrote %d of %d bytes; zero blocks should be skipped", d.Method, d.BytesWritten, d.Size)
 	}
 
-	// Restoring again onto the now allocated disk reads it and writes nothing.
+	// Restoring again onto the now allocated disk reads it and writes
+	// nothing, also with buffers for less than one chunk.
 	delete(hv.empty, dst.ID+"/disk-1")
-	res, err = restore.InPlace(ctx, hv, repo, m, &restore.InPlaceOptions{VMID: dst.ID})
+	res, err = restore.InPlace(ctx, hv, repo, m, &restore.InPlaceOptions{VMID: dst.ID, Options: restore.Options{MaxInFlightBytes: 1, Workers: 4}})
 	if err != nil {
 		t.Fatal(err)
 	}
