@@ -478,8 +478,14 @@ func (c *compiled) next(after time.Time) time.Time {
 	// [w, w+gap]; wall clocks move back at most by a fall-back shift. With
 	// both bounded by 3 hours, wall times earlier than after's wall clock
 	// minus 6 hours resolve to instants before after.
-	aw := wallUnix(after.In(c.loc))
+	al := after.In(c.loc)
+	aw := wallUnix(al)
 	floor := aw - 6*3600
+	if zs, ze := al.ZoneBounds(); (zs.IsZero() || al.Sub(zs) > 6*time.Hour) && (ze.IsZero() || ze.Sub(al) > 6*time.Hour) {
+		// No zone change within 6 hours: wall times up to after's own
+		// resolve to instants up to after.
+		floor = aw + 1
+	}
 	day := time.Unix(floor, 0).UTC()
 	y, m, d := day.Date()
 	for i := 0; i < maxSearchDays; i++ {

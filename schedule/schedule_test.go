@@ -167,9 +167,15 @@ func TestNextYear(t *testing.T) {
 					if !c.runsOn(d.Year(), d.Month(), d.Day()) {
 						continue
 					}
+					_, off0 := time.Date(d.Year(), d.Month(), d.Day(), 0, 0, 0, 0, loc).Zone()
+					_, off1 := time.Date(d.Year(), d.Month(), d.Day()+1, 0, 0, 0, 0, loc).Zone()
 					for _, m := range c.times {
 						u := time.Date(d.Year(), d.Month(), d.Day(), m/60, m%60, 0, 0, loc)
 						wall := time.Date(d.Year(), d.Month(), d.Day(), m/60, m%60, 0, 0, time.UTC)
+						if off0 == off1 { // no change this day: the wall clock is unique
+							want[u.Unix()] = true
+							continue
+						}
 						// Brute force the rule: the first minute whose wall
 						// clock is at or after the wanted one (DST shifts in
 						// these zones are one hour).
@@ -185,7 +191,7 @@ func TestNextYear(t *testing.T) {
 				end := time.Date(2029, 1, 1, 0, 0, 0, 0, loc)
 				got := map[int64]bool{}
 				prev := start
-				for n := s.Next(start); n.Before(end); n = s.Next(n) {
+				for n := c.next(start); n.Before(end); n = c.next(n) { // Next without recompiling; Next itself is checked between runs
 					if !n.After(prev) {
 						t.Fatalf("Next(%v) = %v, not after", prev, n)
 					}

@@ -205,8 +205,9 @@ type Status struct {
 type Scheduler interface {
 	// Start begins firing e's runs through run, or replaces the timing of
 	// a plan already started (a run in progress is kept; a run waiting for
-	// its window or a slot is dropped; the plan is paused iff e.Paused). Missed runs since e.LastRun are
-	// reported and caught up once, see Local.
+	// its window or a slot is dropped; the plan is paused iff e.Paused).
+	// Missed runs since e.LastRun are reported and caught up once, see
+	// Local.
 	Start(e Entry, run RunFunc) error
 	// Stop ends the plan's scheduling; a run in progress goes on.
 	Stop(planID string) error
