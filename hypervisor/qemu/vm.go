@@ -348,8 +348,15 @@ func (h *Hypervisor) Kill(ctx context.Context, vmID string) error {
 		return fmt.Errorf("qemu: kill %q: the backend did not start its QEMU: %w", vmID, hypervisor.ErrUnsupported)
 	}
 	v.closeGuests()
-	v.run.kill()
-	v.running()
+	p := v.run
+	p.kill()
+	v.run = nil
+	for id, s := range v.snaps {
+		if s.p == p {
+			s.teardown() // only removes the files: QEMU is gone
+			delete(v.snaps, id)
+		}
+	}
 	return nil
 }
 

@@ -95,6 +95,9 @@ func (w *writable) WriteAt(p []byte, off int64) (int, error) {
 }
 
 func (w *writable) Flush(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("qemu: flush disk %q: %w", w.ds.ID, err)
+	}
 	if err := w.c.Flush(ctx); err != nil {
 		return fmt.Errorf("qemu: flush disk %q: %w", w.ds.ID, err)
 	}

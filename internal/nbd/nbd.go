@@ -721,6 +721,9 @@ func (c *Conn) do(ctx context.Context, cmd uint16, p []byte, off int64) error {
 
 // Flush asks the server to make all completed writes durable.
 func (c *Conn) Flush(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("nbd: flush: %w", err)
+	}
 	if c.flags&transFlagSendFlush == 0 {
 		return nil
 	}
@@ -736,6 +739,9 @@ func (c *Conn) Flush(ctx context.Context) error {
 // requests as the server needs to cover the range (servers may answer for
 // less than asked), so the extents returned cover it exactly, in order.
 func (c *Conn) BlockStatus(ctx context.Context, name string, off, length int64) ([]Extent, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("nbd: block status: %w", err)
+	}
 	id, ok := c.contexts[name]
 	if !ok {
 		return nil, fmt.Errorf("nbd: block status: meta context %q was not negotiated", name)
