@@ -356,7 +356,7 @@ func bench(ctx context.Context, cfg config) error {
 				return fmt.Errorf("%s, run %d: %w", t, r, err)
 			}
 			res.add(t, phases)
-			fmt.Fprintf(w, "run %d/%d %-8s done in %.1fs\n", r, cfg.runs, t, time.Since(t0).Seconds())
+			fmt.Fprintf(w, "run %d/%d %-8s done in %.1fs:%s\n", r, cfg.runs, t, time.Since(t0).Seconds(), phaseTimes(phases))
 		}
 	}
 	fmt.Fprintln(w)
@@ -382,6 +382,15 @@ func printProfile(ctx context.Context, w io.Writer, path string) {
 	if err == nil {
 		fmt.Fprintf(w, "\nby cumulative time:\n%s", out)
 	}
+}
+
+// phaseTimes lists the phases' wall times, for progress lines.
+func phaseTimes(phases []Phase) string {
+	var b strings.Builder
+	for _, p := range phases {
+		fmt.Fprintf(&b, " %s %.2fs", p.Step, p.Wall.Seconds())
+	}
+	return b.String()
 }
 
 // runToolRound runs one round of tool t (all its steps) and returns its
