@@ -24,7 +24,14 @@
 //
 // A rebuild writes into freshly created disks, which read as zeros, so
 // zero chunks are not written at all ("fresh disk"); every other chunk is
-// written once, in disk order, with chunk-aligned writes.
+// written once, in disk order, with chunk-aligned writes, leaving its zero
+// 64 KiB blocks as holes. InPlaceOptions.TargetZeroed asks for the same
+// on an existing VM whose disks are known to be empty.
+//
+// Within a chunk that must be written, only the runs of 64 KiB blocks that
+// differ from the target's content are written. A target disk that
+// reports its allocated extents (hypervisor.ExtentReporter on the
+// WritableDisk, optional) is not read where it holds nothing.
 //
 // # Power
 //

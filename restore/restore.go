@@ -84,6 +84,12 @@ type InPlaceOptions struct {
 	// the first min(sizes) bytes are restored and the rest of a larger
 	// target is left as it is.
 	AllowSizeMismatch bool
+	// TargetZeroed promises that the target's disks read as zeros (new,
+	// empty disks made outside Rebuild, such as a fresh image file): they
+	// are then written as a rebuild writes (MethodFresh: nothing is read
+	// from them, zero blocks are not written). A wrong promise leaves old
+	// data where the point has zeros.
+	TargetZeroed bool
 }
 
 // RebuildOptions configure Rebuild. Zero fields keep the point's values.
@@ -203,7 +209,7 @@ func InPlace(ctx context.Context, hv hypervisor.Hypervisor, repo *repository.Rep
 	}
 	r := newRunner(repo, o.Options)
 	for i, d := range point.Disks {
-		dr, err := r.restoreDisk(ctx, dw, o.VMID, point, d, d.ID, false)
+		dr, err := r.restoreDisk(ctx, dw, o.VMID, point, d, d.ID, o.TargetZeroed)
 		res.Disks = append(res.Disks, dr)
 		res.BytesRead += dr.BytesRead
 		res.BytesWritten += dr.BytesWritten

@@ -147,6 +147,23 @@ func TestInPlaceSkipsUnallocatedTarget(t *testing.T) {
 		t.Errorf("second restore read %d and wrote %d bytes; want a read and no write", hv.reads.Load(), res.BytesWritten)
 	}
 
+	// A target promised zeroed is neither read nor written where zero.
+	empty, err := hv.AddVM(hypervisor.VM{Name: "empty", Power: hypervisor.PowerStopped, Disks: []hypervisor.DiskInfo{{Size: 4 << 20}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := hv.reads.Load()
+	res, err = restore.InPlace(ctx, hv, repo, m, &restore.InPlaceOptions{VMID: empty.ID, TargetZeroed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hv.ReadDisk(ctx, empty.ID, "disk-1", 0, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) || hv.reads.Load() != before || res.Disks[0].Method != restore.MethodFresh {
+		t.Errorf("zeroed target: equal %v, %d bytes read, method %s", bytes.Equal(got, want), hv.reads.Load()-before, res.Disks[0].Method)
+	}
+
 	// A running VM is refused, an unknown VM is not found.
 	if _, err := restore.InPlace(ctx, hv, repo, m, nil); !errors.Is(err, restore.ErrVMRunning) {
 		t.Errorf("restore onto the running source: %v, want ErrVMRunning", err)
