@@ -301,6 +301,11 @@ type PointWriter struct {
 	mu    sync.RWMutex
 	known map[ChunkID]struct{} // chunks known to be stored: from the base and from this writer
 	pages map[ChunkID]struct{} // index pages known to be stored
+	// probed are ids this writer found already in the bucket (neither
+	// written by it nor known from its base): GC learns of them through the
+	// lease's refs object at Commit.
+	probedMu sync.Mutex
+	probed   []ChunkID
 
 	doneMu sync.Mutex
 	done   bool
@@ -355,6 +360,9 @@ type GCReport struct {
 	PagesRemoved  int   // index pages likewise
 	BytesFreed    int64 // stored bytes of what was (or would be) removed
 	ChunksKept    int
+	// Skipped, if not empty, says why nothing was removed this time (a
+	// condition under which removing could break an in-flight backup).
+	Skipped string
 }
 
 // GC removes chunks and index pages that no committed restore point

@@ -133,7 +133,9 @@ func (w *PointWriter) putChunk(ctx context.Context, id ChunkID, p []byte) (PutRe
 		return PutResult{}, fmt.Errorf("put chunk %s: %w", id, err)
 	}
 	var res PutResult
-	if !there {
+	if there {
+		w.probe(id)
+	} else {
 		n, err := w.r.storeObject(ctx, key, p)
 		if err != nil {
 			return PutResult{}, fmt.Errorf("put chunk %s: %w", id, err)

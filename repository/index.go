@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strings"
-	"sync"
 
 	"golang.org/x/sync/errgroup"
 )
@@ -174,9 +173,11 @@ func (r *Repository) readIndex(ctx context.Context, key string, pages func(Chunk
 	return x, nil
 }
 
-// writeIndex stores x's pages (those not known to be stored) and its root,
-// and returns the root's key. known is consulted and updated under mu.
-func (r *Repository) writeIndex(ctx context.Context, x *Index, mu *sync.RWMutex, known map[ChunkID]struct{}) (string, error) {
+// writeIndex stores x's pages (those the writer does not know to be
+// stored) and its root, and returns the root's key.
+func (w *PointWriter) writeIndex(ctx context.Context, x *Index) (string, error) {
+	r := w.r
+	mu, known := &w.mu, w.pages
 	pids := x.pageIDs()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(r.opts.Concurrency)
@@ -193,10 +194,10 @@ func (r *Repository) writeIndex(ctx context.Context, x *Index, mu *sync.RWMutex,
 			if err != nil {
 				return fmt.Errorf("write index page %d: %w", k, err)
 			}
-			if !there {
-				if _, err := r.storeObject(gctx, key, x.page(k, make([]byte, 0, PageSlots*32))); err != nil {
-					return fmt.Errorf("write index page %d: %w", k, err)
-				}
+			if there {
+				w.probe(pid)
+			} else if _, err := r.storeObject(gctx, key, x.page(k, make([]byte, 0, PageSlots*32))); err != nil {
+				return fmt.Errorf("write index page %d: %w", k, err)
 			}
 			mu.Lock()
 			known[pid] = struct{}{}
@@ -208,12 +209,15 @@ func (r *Repository) writeIndex(ctx context.Context, x *Index, mu *sync.RWMutex,
 		return "", err
 	}
 	root := x.encodeRoot(pids)
-	key := rootKey(sha256.Sum256(root))
+	rid := sha256.Sum256(root)
+	key := rootKey(rid)
 	there, err := r.exists(ctx, key)
 	if err != nil {
 		return "", fmt.Errorf("write index root: %w", err)
 	}
-	if !there {
+	if there {
+		w.probe(rid)
+	} else {
 		if _, err := r.storeObject(ctx, key, root); err != nil {
 			return "", fmt.Errorf("write index root: %w", err)
 		}

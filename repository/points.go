@@ -229,11 +229,14 @@ func (w *PointWriter) commit(ctx context.Context, m *Manifest, indexes map[strin
 	}
 	for i := range m.Disks {
 		d := &m.Disks[i]
-		key, err := r.writeIndex(ctx, indexes[d.ID], &w.mu, w.pages)
+		key, err := w.writeIndex(ctx, indexes[d.ID])
 		if err != nil {
 			return fmt.Errorf("commit point: disk %s: %w", d.ID, err)
 		}
 		d.Index = key
+	}
+	if err := w.checkGC(ctx, m, indexes); err != nil {
+		return fmt.Errorf("commit point: %w", err)
 	}
 	m.Version = ManifestVersion
 	m.ChunkSize = r.cfg.ChunkSize
@@ -321,6 +324,7 @@ func (w *PointWriter) checkIndexes(ctx context.Context, m *Manifest, indexes map
 			if !ok {
 				return fmt.Errorf("index references chunk %s, which is not stored: %w", id, ErrNotFound)
 			}
+			w.probe(id)
 			mu.Lock()
 			w.mu.Lock()
 			w.known[id] = struct{}{}

@@ -369,3 +369,5 @@ func (r *Repository) list(ctx context.Context, prefix string, fn func(*blob.List
 }
 
 type blobListObject = blob.ListObject
+
+var retryDo = retry.Do
