@@ -47,7 +47,7 @@ func TestLayout(t *testing.T) {
 
 func TestGenerateDeterministicAndRealistic(t *testing.T) {
 	ctx := context.Background()
-	const size = 32 << 20
+	const size = 16 << 20
 	a, b := make(memImage, size), make(memImage, size)
 	if err := Generate(ctx, a, size, 42); err != nil {
 		t.Fatal(err)
