@@ -340,16 +340,24 @@ func linkCreate(path string, data []byte) error {
 	return os.Link(tmp, path)
 }
 
-// listKeys calls fn for every object under prefix, in pages.
+// list calls fn for every object under prefix, in pages.
 func (r *Repository) list(ctx context.Context, prefix string, fn func(*blob.ListObject) error) error {
 	token := blob.FirstPageToken
 	for {
 		var objs []*blob.ListObject
 		var next []byte
-		err := retry.Do(ctx, func(ctx context.Context) (err error) {
-			objs, next, err = r.bucket.ListPage(ctx, token, 1000, &blob.ListOptions{Prefix: prefix})
-			return err
-		})
+		var err error
+		// fileblob lists a directory and then stats each entry, so an object
+		// deleted in between fails the whole page with NotFound: list again.
+		for attempt := 0; attempt < 10; attempt++ {
+			err = retry.Do(ctx, func(ctx context.Context) (err error) {
+				objs, next, err = r.bucket.ListPage(ctx, token, 1000, &blob.ListOptions{Prefix: prefix})
+				return err
+			})
+			if gcerrors.Code(err) != gcerrors.NotFound {
+				break
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("list %s: %w", prefix, err)
 		}
