@@ -27,6 +27,7 @@ import (
 var (
 	repoURL = flag.String("repo", "", "repository URL (file://, mem://, s3://...); empty: a temporary file:// repository")
 	size    = flag.Int64("size", 256<<20, "disk size in bytes")
+	hvFlags = demo.RegisterHypervisorFlags() // -hypervisor fake|ave, -aoc-url, -vm
 	verbose = flag.Bool("v", false, "log what the engine does")
 )
 
@@ -42,7 +43,7 @@ func main() {
 // newLab builds the hypervisor and the VM to back up. Replace it to run
 // the quickstart on another hypervisor.
 func newLab(ctx context.Context, dir string) (*demo.Lab, error) {
-	return demo.FakeLab(ctx, dir, *size, 1)
+	return hvFlags.NewLab(ctx, dir, *size, 1)
 }
 
 func run(ctx context.Context) error {

@@ -22,6 +22,7 @@ import (
 var (
 	repoURL = flag.String("repo", "", "repository URL; empty: a temporary file:// repository")
 	size    = flag.Int64("size", 64<<20, "disk size in bytes of the generated VM")
+	hvFlags = demo.RegisterHypervisorFlags() // -hypervisor fake|ave, -aoc-url, -vm
 )
 
 func main() {
@@ -35,7 +36,7 @@ func main() {
 
 // newLab builds the hypervisor and the VM to back up.
 func newLab(ctx context.Context, dir string) (*demo.Lab, error) {
-	return demo.FakeLab(ctx, dir, *size, 1)
+	return hvFlags.NewLab(ctx, dir, *size, 1)
 }
 
 func run(ctx context.Context) error {

@@ -79,8 +79,12 @@ func FakeLab(ctx context.Context, dir string, size, seed int64) (*Lab, error) {
 }
 
 // GuestWrites rewrites fraction of the 64 KiB blocks of every disk of the
-// lab's VM, as a busy guest would between two backups.
+// lab's VM, as a busy guest would between two backups. It does nothing on a
+// lab without guest access (WriteDisk nil).
 func (l *Lab) GuestWrites(ctx context.Context, fraction float64, seed int64) error {
+	if l.WriteDisk == nil {
+		return nil
+	}
 	for i, d := range l.VM.Disks {
 		w := writerAt(func(p []byte, off int64) error { return l.WriteDisk(ctx, l.VM.ID, d.ID, off, p) })
 		if _, err := testimage.Mutate(ctx, w, d.Size, fraction, seed+int64(i), false); err != nil {
@@ -105,13 +109,31 @@ func (l *Lab) Sums(ctx context.Context, vmID string) ([][32]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	read := l.ReadDisk
+	if read == nil {
+		// No direct access: read a snapshot, which every hypervisor offers.
+		snap, err := l.HV.Snapshot(ctx, vmID, hypervisor.SnapshotOptions{Name: "vmbackup-verify"})
+		if err != nil {
+			return nil, err
+		}
+		defer snap.Release(context.WithoutCancel(ctx))
+		read = func(ctx context.Context, _, diskID string, off int64, p []byte) error {
+			d, err := snap.OpenDisk(ctx, diskID)
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			_, err = d.ReadAt(p, off)
+			return err
+		}
+	}
 	var out [][32]byte
 	buf := make([]byte, 4<<20)
 	for _, d := range vm.Disks {
 		h := sha256.New()
 		for off := int64(0); off < d.Size; off += int64(len(buf)) {
 			p := buf[:min(int64(len(buf)), d.Size-off)]
-			if err := l.ReadDisk(ctx, vmID, d.ID, off, p); err != nil {
+			if err := read(ctx, vmID, d.ID, off, p); err != nil {
 				return nil, err
 			}
 			h.Write(p)
