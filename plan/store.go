@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -21,6 +20,8 @@ import (
 	"gocloud.dev/blob"
 	"gocloud.dev/blob/memblob"
 	"gocloud.dev/gcerrors"
+
+	"github.com/vmbackup/vmbackup/internal/exclusive"
 )
 
 // Sentinel errors of a Store.
@@ -364,7 +365,7 @@ func (s *BlobStore) commit(ctx context.Context, id string, next int64, r record)
 	}
 	key := s.key(id, next)
 	if s.localDir != "" {
-		err = linkCreate(filepath.Join(s.localDir, filepath.FromSlash(key)), b)
+		err = exclusive.Create(filepath.Join(s.localDir, filepath.FromSlash(key)), b)
 		if errors.Is(err, fs.ErrExist) {
 			return 0, fmt.Errorf("%w: plan %q version %d was written by another writer", ErrConflict, id, next)
 		}
@@ -423,33 +424,4 @@ func newNonce() string {
 	var b [12]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-// linkCreate creates path holding data, failing with fs.ErrExist if it
-// exists. The data is complete and synced before link(2) makes it
-// visible, so readers never see a partial version. The temp file's name
-// starts with a dot and is not a version, so listings skip it.
-func linkCreate(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o777); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Link(tmp, path)
 }

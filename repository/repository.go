@@ -22,6 +22,7 @@ import (
 	"gocloud.dev/gcerrors"
 
 	"github.com/vmbackup/vmbackup/compress"
+	"github.com/vmbackup/vmbackup/internal/exclusive"
 	"github.com/vmbackup/vmbackup/internal/retry"
 )
 
@@ -308,7 +309,7 @@ func (r *Repository) del(ctx context.Context, key string) error {
 // if the target exists.
 func (r *Repository) putIfNotExist(ctx context.Context, key string, data []byte) error {
 	if r.localDir != "" {
-		if err := linkCreate(filepath.Join(r.localDir, filepath.FromSlash(key)), data); err != nil {
+		if err := exclusive.Create(filepath.Join(r.localDir, filepath.FromSlash(key)), data); err != nil {
 			if errors.Is(err, fs.ErrExist) {
 				return fmt.Errorf("write %s: %w", key, ErrConflict)
 			}
@@ -326,34 +327,6 @@ func (r *Repository) putIfNotExist(ctx context.Context, key string, data []byte)
 		return objectError("write", key, err)
 	}
 	return nil
-}
-
-// linkCreate creates path with data, failing with fs.ErrExist if it exists.
-// Readers never see a partial file: the data is complete and synced before
-// the link makes it visible.
-func linkCreate(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o777); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Link(tmp, path)
 }
 
 // list calls fn for every object under prefix, in pages.
