@@ -1,8 +1,7 @@
 package repository
 
-// This file fixes the repository's public API so that packages built on it
-// (backup, restore, plan) can be written in parallel. Bodies marked TODO are
-// being implemented.
+// This file holds the repository's public API; the bodies live in the
+// files named after each concern (chunks, index, points, gc, verify, stats).
 
 import (
 	"context"
@@ -10,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"sync"
@@ -128,6 +128,14 @@ func (r *Repository) Config() Config {
 // prefix.
 func (r *Repository) Bucket() *blob.Bucket {
 	return r.bucket
+}
+
+// LocalDir is the directory of a repository opened by a file:// URL, ""
+// otherwise. Stores that keep objects in the same bucket need it for
+// conditional writes that are atomic between processes (fileblob's are not;
+// see the package doc).
+func (r *Repository) LocalDir() string {
+	return r.localDir
 }
 
 // HashChunk returns the id of a chunk's plaintext.
@@ -307,6 +315,8 @@ type PointWriter struct {
 	probedMu sync.Mutex
 	probed   []ChunkID
 
+	codec compress.Codec // nil: the repository's
+
 	doneMu sync.Mutex
 	done   bool
 }
@@ -316,6 +326,19 @@ type PointWriter struct {
 // not ask the bucket about them.
 func (r *Repository) NewPointWriter(ctx context.Context, base *Manifest) (*PointWriter, error) {
 	return r.newPointWriter(ctx, base)
+}
+
+// SetCodec makes the writer store its new chunks with the codec named
+// (compress.Names), instead of the repository's, as a backup plan's
+// compression setting asks. Call it before the first PutChunk. Readers need
+// no setting: every stored object names its codec.
+func (w *PointWriter) SetCodec(name string) error {
+	c, err := compress.Lookup(name)
+	if err != nil {
+		return fmt.Errorf("point writer: codec %q: %w", name, err)
+	}
+	w.codec = c
+	return nil
 }
 
 // PutResult says what PutChunk did.

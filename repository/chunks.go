@@ -74,8 +74,13 @@ func (r *Repository) getBuf() *[]byte {
 // storeObject encodes plaintext and writes it under key; it returns the
 // stored size. The encode buffer comes from a pool.
 func (r *Repository) storeObject(ctx context.Context, key string, plain []byte) (int64, error) {
+	return r.storeEncoded(ctx, key, r.codec, plain)
+}
+
+// storeEncoded is storeObject with codec c.
+func (r *Repository) storeEncoded(ctx context.Context, key string, c compress.Codec, plain []byte) (int64, error) {
 	bp := r.getBuf()
-	enc := compress.Encode((*bp)[:0], r.codec, plain)
+	enc := compress.Encode((*bp)[:0], c, plain)
 	err := r.put(ctx, key, enc)
 	n := int64(len(enc))
 	*bp = enc[:0]
@@ -136,7 +141,11 @@ func (w *PointWriter) putChunk(ctx context.Context, id ChunkID, p []byte) (PutRe
 	if there {
 		w.probe(id)
 	} else {
-		n, err := w.r.storeObject(ctx, key, p)
+		c := w.codec
+		if c == nil {
+			c = w.r.codec
+		}
+		n, err := w.r.storeEncoded(ctx, key, c, p)
 		if err != nil {
 			return PutResult{}, fmt.Errorf("put chunk %s: %w", id, err)
 		}

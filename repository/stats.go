@@ -54,10 +54,12 @@ func (r *Repository) Stats(ctx context.Context) (*Stats, error) {
 	return r.stats(ctx, ms)
 }
 
-// PointStats counts one restore point as if it were alone: shared chunks
-// count in full.
-func (r *Repository) PointStats(ctx context.Context, m *Manifest) (*Stats, error) {
-	return r.stats(ctx, []*Manifest{m})
+// PointStats counts the given restore points together as if they were
+// alone in the repository: a chunk they share counts once, and a chunk they
+// share with other points counts in full. With one point it is that point's
+// size; with a plan's points, the plan's.
+func (r *Repository) PointStats(ctx context.Context, ms ...*Manifest) (*Stats, error) {
+	return r.stats(ctx, ms)
 }
 
 func (r *Repository) stats(ctx context.Context, ms []*Manifest) (*Stats, error) {

@@ -32,8 +32,13 @@ type Run struct {
 	CatchUp bool
 }
 
+// ErrWindowClosed is the cause (context.Cause) of a run's context cancelled
+// because its window closed under OverrunStop.
+var ErrWindowClosed = errors.New("schedule: the backup window closed")
+
 // RunFunc performs a run. Its context is cancelled when the run's window
-// closes under OverrunStop, and when Close gives up waiting. The
+// closes under OverrunStop (context.Cause is then ErrWindowClosed), and when
+// Close gives up waiting. The
 // Scheduler considers the run going until RunFunc returns.
 type RunFunc func(ctx context.Context, r Run) error
 
@@ -548,7 +553,8 @@ func (s *Local) launch(st *planState, r Run) {
 	if st.owedFull {
 		r.Full, st.owedFull = true, false
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancelCause := context.WithCancelCause(context.Background())
+	cancel := func() { cancelCause(nil) }
 	st.busy, st.pending, st.cancel, st.lastDue = true, nil, cancel, r.Due
 	s.running++
 	s.wg.Add(1)
@@ -568,7 +574,7 @@ func (s *Local) launch(st *planState, r Run) {
 				why := ReasonOverrunGoOn
 				if stop {
 					why = ReasonOverrunStop
-					cancel()
+					cancelCause(ErrWindowClosed)
 				}
 				s.emit(Event{PlanID: r.PlanID, Kind: EventOverrun, Due: r.Due, Full: r.Full, CatchUp: r.CatchUp, Reason: why})
 			})

@@ -328,6 +328,9 @@ func TestLocalWindow(t *testing.T) {
 		n := h.count(EventFinished)
 		h.clock.Advance(30 * time.Minute) // 02:00 closes
 		<-c.ctx.Done()
+		if cause := context.Cause(c.ctx); !errors.Is(cause, ErrWindowClosed) {
+			t.Errorf("cause of the cancelled run = %v, want ErrWindowClosed", cause)
+		}
 		h.waitFor(n+1, func(e Event) bool { return e.Kind == EventFinished })
 		h.check([]string{
 			"Tue 01:30 p started due 01:30",
@@ -475,6 +478,9 @@ func TestLocalClose(t *testing.T) {
 	}
 	if c.ctx.Err() == nil {
 		t.Error("run not cancelled by Close")
+	}
+	if errors.Is(context.Cause(c.ctx), ErrWindowClosed) {
+		t.Error("a run cancelled by Close gives ErrWindowClosed as its cause")
 	}
 	if err := h.s.Start(Entry{PlanID: "q", Incremental: Schedule{Kind: KindHours, Every: 1}}, h.runFunc); !errors.Is(err, ErrClosed) {
 		t.Errorf("Start after Close = %v", err)

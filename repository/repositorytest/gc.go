@@ -310,7 +310,13 @@ func testStats(t *testing.T, mk MakeBucket) {
 	if all.DedupRatio() != 2 {
 		t.Errorf("Stats dedup ratio %.2f, want 2", all.DedupRatio())
 	}
-	_ = m2
+	both, err := r.PointStats(ctx, m1, m2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if both.Points != 2 || both.Chunks != ps.Chunks || both.StoredBytes != ps.StoredBytes || both.LogicalBytes != 2*ps.LogicalBytes {
+		t.Errorf("PointStats of both = %+v, want their shared chunks counted once", both)
+	}
 }
 
 func testCancel(t *testing.T, mk MakeBucket) {

@@ -55,6 +55,7 @@ func Run(t *testing.T, mk MakeBucket) {
 		{"GCConcurrentWriters", testGCConcurrentWriters},
 		{"Stats", testStats},
 		{"Cancel", testCancel},
+		{"SetCodec", testSetCodec},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, mk) })
@@ -543,5 +544,57 @@ func testPoints(t *testing.T, mk MakeBucket) {
 	x.Set(0, r.HashChunk([]byte("never stored")))
 	if err := w.Commit(ctx, &repository.Manifest{VMID: "a", Disks: []repository.DiskRecord{{ID: "d", Size: 100}}}, map[string]*repository.Index{"d": x}); !errors.Is(err, repository.ErrNotFound) {
 		t.Errorf("Commit with a chunk never stored = %v, want ErrNotFound", err)
+	}
+}
+
+// testSetCodec checks that a writer's codec decides how its new chunks are
+// stored, and that they read back with any reader.
+func testSetCodec(t *testing.T, mk MakeBucket) {
+	const cs = 64 << 10
+	ctx := context.Background()
+	b := mk(t)
+	r := initRepo(t, b, cs, nil)
+	data := makeDisk(compressible, 4*cs, 7)
+	for _, tc := range []struct {
+		codec string
+		tag   byte // the first byte of a stored chunk, see package compress
+	}{{"none", 0}, {"s2", 2}} {
+		w, err := r.NewPointWriter(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.SetCodec(tc.codec); err != nil {
+			t.Fatalf("SetCodec(%q): %v", tc.codec, err)
+		}
+		chunk := append([]byte(tc.codec), data[:cs-len(tc.codec)]...)
+		id := r.HashChunk(chunk)
+		if _, err := w.PutChunk(ctx, id, chunk); err != nil {
+			t.Fatal(err)
+		}
+		x := repository.NewIndex(cs, cs)
+		x.Set(0, id)
+		m := &repository.Manifest{VMID: tc.codec, Kind: "full", Consistency: "crash", Disks: []repository.DiskRecord{{ID: "d", Size: cs}}}
+		if err := w.Commit(ctx, m, map[string]*repository.Index{"d": x}); err != nil {
+			t.Fatal(err)
+		}
+		stored, err := b.ReadAll(ctx, repository.ChunkKey(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if stored[0] != tc.tag {
+			t.Errorf("codec %s: stored chunk starts with tag %d, want %d", tc.codec, stored[0], tc.tag)
+		}
+		got, err := readDisk(ctx, r, m, "d")
+		if err != nil || !bytes.Equal(got, chunk) {
+			t.Errorf("codec %s: read back %d bytes, err %v; want the chunk", tc.codec, len(got), err)
+		}
+	}
+	w, err := r.NewPointWriter(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Abort(ctx)
+	if err := w.SetCodec("lz4"); err == nil || !strings.Contains(err.Error(), `"lz4"`) {
+		t.Errorf("SetCodec(lz4) = %v, want an error naming the codec", err)
 	}
 }
