@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-multierror"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/vmbackup/vmbackup/compress"
 	"github.com/vmbackup/vmbackup/hypervisor"
 	"github.com/vmbackup/vmbackup/internal/pipeline"
 	"github.com/vmbackup/vmbackup/repository"
@@ -38,6 +39,20 @@ type Request struct {
 	// AllowCrashFallback takes a crash-consistent snapshot when the guest
 	// cannot be quiesced, and records why, instead of failing the VM.
 	AllowCrashFallback bool
+	// Codec stores the job's new chunks with this codec (compress.Names)
+	// instead of the repository's; "" keeps the repository's.
+	Codec string
+	// Limits, if set, replace the Service's ParallelVMs, Retries and
+	// RetryDelay for this job (a plan's limits).
+	Limits *Limits
+}
+
+// Limits bound one job. Zero ParallelVMs and RetryDelay mean the Service's;
+// Retries is taken as it is (0: no retry).
+type Limits struct {
+	ParallelVMs int
+	Retries     int
+	RetryDelay  time.Duration
 }
 
 // Backup backs up the requested VMs, one restore point per VM, and returns
@@ -60,27 +75,76 @@ func (s *Service) Backup(ctx context.Context, req Request) (*Job, error) {
 			ids = append(ids, id)
 		}
 	}
-	job := &Job{ID: newJobID(s.now()), Kind: KindBackup, PlanID: req.PlanID, Manual: req.Manual}
-	return s.runJob(ctx, job, ids, func(ctx context.Context, r *VMResult, progress func(disk string, done, total int64)) error {
+	lim, err := s.jobLimits(req)
+	if err != nil {
+		return nil, err
+	}
+	return s.backupJob(ctx, s.newJob(KindBackup, req.PlanID, req.Manual), req, ids, lim)
+}
+
+// jobLimits checks req's codec and limits and returns the job's limits.
+func (s *Service) jobLimits(req Request) (Limits, error) {
+	if req.Codec != "" {
+		if _, err := compress.Lookup(req.Codec); err != nil {
+			return Limits{}, fmt.Errorf("backup: request: Codec %q: %w", req.Codec, err)
+		}
+	}
+	lim := Limits{ParallelVMs: s.cfg.ParallelVMs, Retries: s.cfg.Retries, RetryDelay: s.cfg.RetryDelay}
+	if l := req.Limits; l != nil {
+		if l.ParallelVMs < 0 || l.Retries < 0 || l.RetryDelay < 0 {
+			return Limits{}, fmt.Errorf("backup: request: Limits %+v: negative value", *l)
+		}
+		lim.Retries = l.Retries
+		if l.ParallelVMs > 0 {
+			lim.ParallelVMs = l.ParallelVMs
+		}
+		if l.RetryDelay > 0 {
+			lim.RetryDelay = l.RetryDelay
+		}
+	}
+	return lim, nil
+}
+
+// newJob returns a job of kind with a new id, not yet started.
+func (s *Service) newJob(kind JobKind, planID string, manual bool) *Job {
+	now := s.now()
+	return &Job{ID: newJobID(now), Kind: kind, PlanID: planID, Manual: manual, State: JobPending, created: now}
+}
+
+// backupJob runs job as the backup of the VMs ids.
+func (s *Service) backupJob(ctx context.Context, job *Job, req Request, ids []string, lim Limits) (*Job, error) {
+	return s.runJob(ctx, job, ids, lim, func(ctx context.Context, r *VMResult, progress func(disk string, done, total int64)) error {
 		return s.backupVM(ctx, job, req, r, progress)
 	})
 }
 
-// runJob runs fn for every VM id, ParallelVMs at once, with retries, and
-// emits the job's events.
-func (s *Service) runJob(ctx context.Context, job *Job, vmIDs []string, fn func(context.Context, *VMResult, func(string, int64, int64)) error) (*Job, error) {
-	job.State = JobRunning
-	job.Started = s.now()
+// runJob runs fn for every VM id, lim.ParallelVMs at once, with retries,
+// once the job has one of the Service's slots for its kind; it emits the
+// job's events and keeps its record in the history.
+func (s *Service) runJob(ctx context.Context, job *Job, vmIDs []string, lim Limits, fn func(context.Context, *VMResult, func(string, int64, int64)) error) (*Job, error) {
 	job.VMs = make([]VMResult, len(vmIDs))
 	for i, id := range vmIDs {
 		job.VMs[i] = VMResult{VMID: id, State: VMPending}
 	}
+	job.State = JobPending
+	s.record(job)
+	slots := s.backupSlots
+	if job.Kind != KindBackup {
+		slots = s.restoreSlots
+	}
+	slotErr := slots.Acquire(ctx, 1)
+	if slotErr == nil {
+		defer slots.Release(1)
+	}
+	job.State = JobRunning
+	job.Started = s.now()
 	log := s.log.With("job", job.ID, "kind", job.Kind)
 	log.Info("job started", "vms", len(vmIDs), "plan", job.PlanID)
+	s.record(job)
 	s.emit(Event{Type: EventJobStarted, JobID: job.ID, JobKind: job.Kind, Job: &Job{ID: job.ID, Kind: job.Kind, PlanID: job.PlanID, Manual: job.Manual, State: JobRunning, Started: job.Started}})
 
 	var g errgroup.Group
-	g.SetLimit(s.cfg.ParallelVMs)
+	g.SetLimit(lim.ParallelVMs)
 	for i := range job.VMs {
 		r := &job.VMs[i]
 		if ctx.Err() != nil {
@@ -88,7 +152,7 @@ func (s *Service) runJob(ctx context.Context, job *Job, vmIDs []string, fn func(
 			continue
 		}
 		g.Go(func() error {
-			s.runVM(ctx, job, r, log, fn)
+			s.runVM(ctx, job, r, lim, log, fn)
 			return nil
 		})
 	}
@@ -122,13 +186,14 @@ func (s *Service) runJob(ctx context.Context, job *Job, vmIDs []string, fn func(
 		level = slog.LevelError
 	}
 	log.Log(ctx, level, "job finished", "state", job.State, "duration", job.Finished.Sub(job.Started), "err", job.Err)
+	s.record(job)
 	final := *job
 	s.emit(Event{Type: EventJobFinished, JobID: job.ID, JobKind: job.Kind, Job: &final})
 	return job, job.Err
 }
 
 // runVM runs fn for one VM with retries and fills r.
-func (s *Service) runVM(ctx context.Context, job *Job, r *VMResult, log *slog.Logger, fn func(context.Context, *VMResult, func(string, int64, int64)) error) {
+func (s *Service) runVM(ctx context.Context, job *Job, r *VMResult, lim Limits, log *slog.Logger, fn func(context.Context, *VMResult, func(string, int64, int64)) error) {
 	log = log.With("vm", r.VMID)
 	r.State = VMRunning
 	r.Started = s.now()
@@ -149,12 +214,12 @@ func (s *Service) runVM(ctx context.Context, job *Job, r *VMResult, log *slog.Lo
 			break
 		}
 		r.State, r.Err = VMFailed, fmt.Errorf("vm %q: %w", r.VMID, err)
-		if r.Retries >= s.cfg.Retries || !retryable(err) {
+		if r.Retries >= lim.Retries || !retryable(err) {
 			break
 		}
 		r.Retries++
-		log.Warn("vm failed, retrying", "err", err, "retry", r.Retries, "of", s.cfg.Retries, "delay", s.cfg.RetryDelay)
-		t := time.NewTimer(s.cfg.RetryDelay)
+		log.Warn("vm failed, retrying", "err", err, "retry", r.Retries, "of", lim.Retries, "delay", lim.RetryDelay)
+		t := time.NewTimer(lim.RetryDelay)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
@@ -220,6 +285,12 @@ func (s *Service) backupVM(ctx context.Context, job *Job, req Request, r *VMResu
 	pw, err := s.repo.NewPointWriter(ctx, prev)
 	if err != nil {
 		return fmt.Errorf("start restore point: %w", err)
+	}
+	if req.Codec != "" {
+		if err := pw.SetCodec(req.Codec); err != nil {
+			pw.Abort(context.WithoutCancel(ctx))
+			return err
+		}
 	}
 	committed := false
 	defer func() {

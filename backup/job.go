@@ -20,13 +20,18 @@ const (
 // JobState is the overall state of a job.
 type JobState string
 
-// Job states. A job is running until it ends in one of the other four.
+// Job states. A job is pending while it waits for one of the Service's
+// slots (Config.MaxBackupJobs, MaxRestoreJobs), then running until it ends
+// in one of the next four. Skipped is only found in the history: a
+// scheduled run that was not made, with the reason.
 const (
+	JobPending         JobState = "pending"
 	JobRunning         JobState = "running"
 	JobSucceeded       JobState = "succeeded"        // every VM succeeded
 	JobPartiallyFailed JobState = "partially failed" // some VMs failed, some succeeded
 	JobFailed          JobState = "failed"           // no VM succeeded
 	JobCancelled       JobState = "cancelled"        // the context ended before the job did
+	JobSkipped         JobState = "skipped"          // a scheduled run not made (history only)
 )
 
 // VMState is the state of one VM within a job.
@@ -61,6 +66,9 @@ type Job struct {
 	VMs []VMResult
 	// Err aggregates the VMs' errors (a *multierror.Error), or is nil.
 	Err error
+
+	created time.Time // when the job was made: its history record's time
+	run     *planRun  // the plan run that made the job, if any
 }
 
 // VMResult is what a job did for one VM.

@@ -21,7 +21,7 @@ func (s *Service) RestoreInPlace(ctx context.Context, pointID string, opts resto
 	if target == "" {
 		target = point.VMID
 	}
-	job := &Job{ID: newJobID(s.now()), Kind: KindRestoreInPlace, Manual: true}
+	job := s.newJob(KindRestoreInPlace, "", true)
 	return s.runJobOnce(ctx, job, target, func(ctx context.Context, r *VMResult, progress func(string, int64, int64)) error {
 		o := opts
 		o.Options = s.restoreOptions(o.Options, progress)
@@ -39,7 +39,7 @@ func (s *Service) Rebuild(ctx context.Context, pointID string, opts restore.Rebu
 	if err != nil {
 		return nil, fmt.Errorf("backup: rebuild: %w", err)
 	}
-	job := &Job{ID: newJobID(s.now()), Kind: KindRebuild, Manual: true}
+	job := s.newJob(KindRebuild, "", true)
 	return s.runJobOnce(ctx, job, point.VMID, func(ctx context.Context, r *VMResult, progress func(string, int64, int64)) error {
 		o := opts
 		o.Options = s.restoreOptions(o.Options, progress)
@@ -61,7 +61,7 @@ func (s *Service) runJobOnce(ctx context.Context, job *Job, vmID string, fn func
 		}
 		return err
 	}
-	return s.runJob(ctx, job, []string{vmID}, once)
+	return s.runJob(ctx, job, []string{vmID}, Limits{ParallelVMs: 1}, once)
 }
 
 func (s *Service) restoreOptions(o restore.Options, progress func(string, int64, int64)) restore.Options {

@@ -13,11 +13,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
 
 	"github.com/vmbackup/vmbackup/hypervisor"
 	"github.com/vmbackup/vmbackup/internal/pipeline"
+	"github.com/vmbackup/vmbackup/plan"
 	"github.com/vmbackup/vmbackup/repository"
+	"github.com/vmbackup/vmbackup/schedule"
 )
 
 // Defaults for the zero values of Config's fields.
@@ -29,6 +32,15 @@ const (
 	// DefaultMaxInFlightBytes bounds the chunk buffers of all jobs of a
 	// Service: the pipeline's memory.
 	DefaultMaxInFlightBytes = 64 << 20
+	// DefaultMaxBackupJobs and DefaultMaxRestoreJobs bound the jobs of a
+	// Service that run at once.
+	DefaultMaxBackupJobs  = 4
+	DefaultMaxRestoreJobs = 2
+	// DefaultHistoryLimit is how many job records are kept per plan.
+	DefaultHistoryLimit = 1000
+	// DefaultGCInterval is the least time between two garbage collections
+	// started by retention.
+	DefaultGCInterval = time.Hour
 )
 
 // DefaultWorkers is the number of chunks of one disk processed at once when
@@ -77,8 +89,34 @@ type Config struct {
 	// DefaultMaxInFlightBytes.
 	MaxInFlightBytes int64
 
-	// A Scheduler field will let plans run by themselves; without one the
-	// Service runs the jobs it is asked to run.
+	// MaxBackupJobs is how many backup jobs of the Service run at once
+	// (scheduled or not); further jobs wait, in state pending. 0 means
+	// DefaultMaxBackupJobs.
+	MaxBackupJobs int
+	// MaxRestoreJobs is the same for restore and rebuild jobs; 0 means
+	// DefaultMaxRestoreJobs.
+	MaxRestoreJobs int
+
+	// Plans keeps the backup plans; nil means a plan.BlobStore in the
+	// repository's bucket (under plan.DefaultPrefix).
+	Plans plan.Store
+	// Scheduler fires the plans' runs once StartPlans is called. nil means
+	// a schedule.Local on Clock made by the Service, limited to
+	// MaxBackupJobs runs at once. A Scheduler of the embedder's should
+	// pass its events to Service.ScheduleEvent, so that skipped and missed
+	// runs enter the job history.
+	Scheduler schedule.Scheduler
+	// Clock drives the Scheduler the Service makes; nil means
+	// schedule.SystemClock. When Now is nil, Now is Clock.Now, so a
+	// schedule.FakeClock moves job times, retention and history too.
+	Clock schedule.Clock
+	// HistoryLimit is how many job records are kept per plan (and for jobs
+	// of no plan); older ones are deleted. 0 means DefaultHistoryLimit.
+	HistoryLimit int
+	// GCInterval is the least time between two garbage collections that
+	// the Service starts after retention forgot points; GC reads every
+	// manifest and index, so it is batched. 0 means DefaultGCInterval.
+	GCInterval time.Duration
 }
 
 // Service runs backup and restore jobs. It is safe for concurrent use: jobs
@@ -93,8 +131,32 @@ type Service struct {
 	readLim *rate.Limiter // nil: unlimited
 	wrLim   *rate.Limiter // nil: unlimited
 
+	// backupSlots and restoreSlots hold MaxBackupJobs and MaxRestoreJobs.
+	backupSlots, restoreSlots *semaphore.Weighted
+
+	plans   plan.Store
+	history *history
+
 	mu   sync.Mutex
 	subs []*subscriber
+
+	// Scheduling (plans.go). plansMu guards the Scheduler's plans and is
+	// held while calling it; schedMu guards what the Scheduler's events
+	// change (ScheduleEvent runs under the Scheduler's lock, so it must
+	// never wait for plansMu).
+	plansMu  sync.Mutex
+	sched    schedule.Scheduler // nil until StartPlans
+	ownSched bool               // made by the Service: closed by Close
+	started  map[string]bool    // plans handed to sched
+	closed   bool
+
+	schedMu   sync.Mutex
+	active    int        // scheduled runs started and not finished
+	writing   int        // history records of scheduler events being written
+	idle      *sync.Cond // on schedMu: signalled when active or writing drop
+	overrun   map[string]schedule.Reason
+	lastGC    time.Time
+	gcRunning bool
 }
 
 // New validates cfg, fills in defaults and returns a Service. An invalid
@@ -121,6 +183,10 @@ func New(cfg Config) (*Service, error) {
 		{"WriteBytesPerSec", cfg.WriteBytesPerSec},
 		{"Workers", int64(cfg.Workers)},
 		{"MaxInFlightBytes", cfg.MaxInFlightBytes},
+		{"MaxBackupJobs", int64(cfg.MaxBackupJobs)},
+		{"MaxRestoreJobs", int64(cfg.MaxRestoreJobs)},
+		{"HistoryLimit", int64(cfg.HistoryLimit)},
+		{"GCInterval", int64(cfg.GCInterval)},
 	} {
 		if f.v < 0 {
 			bad(f.name, "is %d, must be >= 0", f.v)
@@ -132,8 +198,26 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = schedule.SystemClock
+	}
 	if cfg.Now == nil {
-		cfg.Now = time.Now
+		cfg.Now = cfg.Clock.Now
+	}
+	if cfg.MaxBackupJobs == 0 {
+		cfg.MaxBackupJobs = DefaultMaxBackupJobs
+	}
+	if cfg.MaxRestoreJobs == 0 {
+		cfg.MaxRestoreJobs = DefaultMaxRestoreJobs
+	}
+	if cfg.HistoryLimit == 0 {
+		cfg.HistoryLimit = DefaultHistoryLimit
+	}
+	if cfg.GCInterval == 0 {
+		cfg.GCInterval = DefaultGCInterval
+	}
+	if cfg.Plans == nil {
+		cfg.Plans = plan.NewBlobStore(cfg.Repository.Bucket(), &plan.BlobStoreOptions{LocalDir: cfg.Repository.LocalDir()})
 	}
 	if cfg.ParallelVMs == 0 {
 		cfg.ParallelVMs = DefaultParallelVMs
@@ -155,7 +239,15 @@ func New(cfg Config) (*Service, error) {
 		log:  cfg.Logger,
 		now:  cfg.Now,
 		pool: pipeline.NewPool(cs, int(cfg.MaxInFlightBytes/int64(cs))),
+
+		backupSlots:  semaphore.NewWeighted(int64(cfg.MaxBackupJobs)),
+		restoreSlots: semaphore.NewWeighted(int64(cfg.MaxRestoreJobs)),
+		plans:        cfg.Plans,
+		history:      &history{bucket: cfg.Repository.Bucket(), limit: cfg.HistoryLimit, log: cfg.Logger},
+		started:      map[string]bool{},
+		overrun:      map[string]schedule.Reason{},
 	}
+	s.idle = sync.NewCond(&s.schedMu)
 	if cfg.ReadBytesPerSec > 0 {
 		s.readLim = rate.NewLimiter(rate.Limit(cfg.ReadBytesPerSec), int(max(cfg.ReadBytesPerSec, int64(cs))))
 	}

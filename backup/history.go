@@ -1,0 +1,262 @@
+package backup
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
+
+	"github.com/vmbackup/vmbackup/hypervisor"
+)
+
+// JobRecord is the job history's account of one job, or of one scheduled
+// run that was not made (State JobSkipped). Records are JSON objects in the
+// repository's bucket:
+//
+//	history/plan/<plan id>/<inverted creation time>-<record id>.json   jobs and skips of a plan
+//	history/jobs/<inverted creation time>-<record id>.json             jobs of no plan (restores, ad-hoc backups)
+//
+// The inverted time (math.MaxInt64 minus Unix nanoseconds, 19 digits) makes
+// a listing start with the newest record. A job's record is written when
+// the job is created (pending), when it starts (running) and when it ends;
+// the newest Config.HistoryLimit records of each plan are kept.
+type JobRecord struct {
+	ID     string   `json:"id"`
+	Kind   JobKind  `json:"kind"`
+	PlanID string   `json:"planID,omitempty"`
+	Manual bool     `json:"manual,omitempty"`
+	State  JobState `json:"state"`
+	// Reason says why a run was skipped, stopped or failed as a whole
+	// (no VM matched, the plan was deleted, the window closed).
+	Reason string `json:"reason,omitempty"`
+	// Due, Full and CatchUp describe a run the Scheduler fired: its
+	// scheduled time, whether it was a full run and whether it made up for
+	// runs missed while the Service was down.
+	Due     time.Time `json:"due,omitzero"`
+	Full    bool      `json:"full,omitempty"`
+	CatchUp bool      `json:"catchUp,omitempty"`
+	// Created is when the record was made, Started and Finished when the
+	// job ran.
+	Created  time.Time  `json:"created"`
+	Started  time.Time  `json:"started,omitzero"`
+	Finished time.Time  `json:"finished,omitzero"`
+	VMs      []VMRecord `json:"vms,omitempty"`
+	// Error is the job's error, as text.
+	Error string `json:"error,omitempty"`
+	// Retention is what the plan's retention did after the run.
+	Retention *RetentionReport `json:"retention,omitempty"`
+}
+
+// VMRecord is a VMResult as the history keeps it.
+type VMRecord struct {
+	VMID         string                 `json:"vmID"`
+	VMName       string                 `json:"vmName,omitempty"`
+	State        VMState                `json:"state"`
+	PointID      string                 `json:"pointID,omitempty"`
+	Kind         string                 `json:"kind,omitempty"`
+	Reason       string                 `json:"reason,omitempty"`
+	Consistency  hypervisor.Consistency `json:"consistency,omitempty"`
+	Note         string                 `json:"note,omitempty"`
+	BytesTotal   int64                  `json:"bytesTotal,omitempty"`
+	BytesRead    int64                  `json:"bytesRead,omitempty"`
+	BytesNew     int64                  `json:"bytesNew,omitempty"`
+	BytesStored  int64                  `json:"bytesStored,omitempty"`
+	BytesWritten int64                  `json:"bytesWritten,omitempty"`
+	Duration     time.Duration          `json:"duration,omitempty"`
+	Retries      int                    `json:"retries,omitempty"`
+	Error        string                 `json:"error,omitempty"`
+	Warnings     []string               `json:"warnings,omitempty"`
+}
+
+func vmRecord(r *VMResult) VMRecord {
+	v := VMRecord{
+		VMID: r.VMID, VMName: r.VMName, State: r.State, PointID: r.PointID, Kind: r.Kind, Reason: r.Reason,
+		Consistency: r.Consistency, Note: r.Note, BytesTotal: r.BytesTotal, BytesRead: r.BytesRead,
+		BytesNew: r.BytesNew, BytesStored: r.BytesStored, BytesWritten: r.BytesWritten,
+		Duration: r.Duration, Retries: r.Retries, Warnings: r.Warnings,
+	}
+	if r.Err != nil {
+		v.Error = r.Err.Error()
+	}
+	return v
+}
+
+// Final reports whether the record will not change any more.
+func (r *JobRecord) Final() bool {
+	return r.State != JobPending && r.State != JobRunning
+}
+
+// history reads and writes job records in the repository's bucket.
+type history struct {
+	bucket *blob.Bucket
+	limit  int
+	log    *slog.Logger
+}
+
+const (
+	historyPrefix = "history/"
+	historyWrite  = 30 * time.Second // a record write's own deadline, past the job's context
+)
+
+// dir is the prefix of planID's records ("" for jobs of no plan).
+func (h *history) dir(planID string) string {
+	if planID == "" {
+		return historyPrefix + "jobs/"
+	}
+	return historyPrefix + "plan/" + planID + "/"
+}
+
+func (h *history) key(rec *JobRecord) string {
+	inv := math.MaxInt64 - rec.Created.UnixNano()
+	return fmt.Sprintf("%s%019d-%s.json", h.dir(rec.PlanID), inv, rec.ID)
+}
+
+// put writes rec and, once it is final, prunes the oldest records of its
+// plan beyond the limit. Failures are logged, not returned: a job's outcome
+// never depends on its record.
+func (h *history) put(ctx context.Context, rec *JobRecord) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), historyWrite)
+	defer cancel()
+	b, err := json.Marshal(rec)
+	if err == nil {
+		err = h.bucket.WriteAll(ctx, h.key(rec), b, &blob.WriterOptions{ContentType: "application/json", DisableContentTypeDetection: true})
+	}
+	if err == nil && rec.Final() {
+		err = h.prune(ctx, rec.PlanID)
+	}
+	if err != nil {
+		h.log.Warn("job history: write record", "record", rec.ID, "plan", rec.PlanID, "err", err)
+	}
+}
+
+// keys lists planID's record keys, newest first.
+func (h *history) keys(ctx context.Context, planID string) ([]string, error) {
+	var keys []string
+	it := h.bucket.List(&blob.ListOptions{Prefix: h.dir(planID), Delimiter: "/"})
+	for {
+		o, err := it.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if !o.IsDir && strings.HasSuffix(o.Key, ".json") {
+			keys = append(keys, o.Key)
+		}
+	}
+	slices.Sort(keys)
+	return keys, nil
+}
+
+func (h *history) prune(ctx context.Context, planID string) error {
+	keys, err := h.keys(ctx, planID)
+	if err != nil || len(keys) <= h.limit {
+		return err
+	}
+	var errs []error
+	for _, k := range keys[h.limit:] {
+		if err := h.bucket.Delete(ctx, k); err != nil && !isNotFound(err) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// list returns up to n of planID's records (n ≤ 0: all), newest first.
+func (h *history) list(ctx context.Context, planID string, n int) ([]JobRecord, error) {
+	keys, err := h.keys(ctx, planID)
+	if err != nil {
+		return nil, err
+	}
+	if n > 0 && len(keys) > n {
+		keys = keys[:n]
+	}
+	recs := make([]JobRecord, 0, len(keys))
+	for _, k := range keys {
+		rec, err := h.read(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		if rec != nil { // else pruned meanwhile
+			recs = append(recs, *rec)
+		}
+	}
+	return recs, nil
+}
+
+// newest returns planID's newest record for which ok is true, nil if none.
+func (h *history) newest(ctx context.Context, planID string, ok func(*JobRecord) bool) (*JobRecord, error) {
+	keys, err := h.keys(ctx, planID)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range keys {
+		rec, err := h.read(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		if rec != nil && ok(rec) {
+			return rec, nil
+		}
+	}
+	return nil, nil
+}
+
+// read reads the record at key; nil, nil if it is gone (pruned).
+func (h *history) read(ctx context.Context, key string) (*JobRecord, error) {
+	b, err := h.bucket.ReadAll(ctx, key)
+	if isNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var rec JobRecord
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return nil, fmt.Errorf("record %s: %w", key, err)
+	}
+	return &rec, nil
+}
+
+// History returns the job records of plan planID ("" for jobs of no plan:
+// restores and backups not asked by a plan), newest first, at most n of
+// them (n ≤ 0: all that are kept). Skipped and missed scheduled runs are
+// records too, with State JobSkipped and the reason.
+func (s *Service) History(ctx context.Context, planID string, n int) ([]JobRecord, error) {
+	s.waitWrites() // records of scheduler events still being written
+	recs, err := s.history.list(ctx, planID, n)
+	if err != nil {
+		return nil, fmt.Errorf("backup: history of plan %q: %w", planID, err)
+	}
+	return recs, nil
+}
+
+// record writes job's record as it is now.
+func (s *Service) record(job *Job) {
+	rec := &JobRecord{
+		ID: job.ID, Kind: job.Kind, PlanID: job.PlanID, Manual: job.Manual, State: job.State,
+		Created: job.created, Started: job.Started, Finished: job.Finished,
+	}
+	if run := job.run; run != nil {
+		rec.Due, rec.Full, rec.CatchUp, rec.Reason, rec.Retention = run.due, run.full, run.catchUp, run.reason, run.retention
+	}
+	for i := range job.VMs {
+		rec.VMs = append(rec.VMs, vmRecord(&job.VMs[i]))
+	}
+	if job.Err != nil {
+		rec.Error = job.Err.Error()
+	}
+	s.history.put(context.Background(), rec)
+}
+
+func isNotFound(err error) bool { return err != nil && gcerrors.Code(err) == gcerrors.NotFound }
