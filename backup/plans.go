@@ -369,7 +369,9 @@ func (s *Service) runPlan(ctx context.Context, p plan.Plan, run *planRun, manual
 			rep = &RetentionReport{Errors: []string{err.Error()}}
 		}
 		run.retention = rep
-		s.record(job)
+	}
+	if run.reason != "" || run.retention != nil {
+		s.record(job) // the record runJob wrote, with the run's outcome
 	}
 	if jobErr != nil {
 		return job, fmt.Errorf("backup: plan %q: %w", p.ID, jobErr)

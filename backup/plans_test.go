@@ -1,0 +1,538 @@
+package backup_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"gocloud.dev/blob"
+
+	"github.com/vmbackup/vmbackup/backup"
+	"github.com/vmbackup/vmbackup/hypervisor"
+	"github.com/vmbackup/vmbackup/hypervisor/fake"
+	"github.com/vmbackup/vmbackup/internal/testimage"
+	"github.com/vmbackup/vmbackup/plan"
+	"github.com/vmbackup/vmbackup/repository"
+	"github.com/vmbackup/vmbackup/restore"
+	"github.com/vmbackup/vmbackup/schedule"
+)
+
+// monday is 2027-03-08 00:00 UTC, a Monday.
+var monday = time.Date(2027, 3, 8, 0, 0, 0, 0, time.UTC)
+
+var everyDay = []schedule.Weekday{0, 1, 2, 3, 4, 5, 6}
+
+// addLabelledVM adds a VM with one 4 MiB disk of test data.
+func (e *env) addLabelledVM(t *testing.T, name string, labels map[string]string, seed int64) hypervisor.VM {
+	t.Helper()
+	vm, err := e.hv.AddVM(hypervisor.VM{Name: name, CPUs: 1, MemoryB: 1 << 30, Labels: labels,
+		Disks: []hypervisor.DiskInfo{{Name: "root", Size: 4 << 20, Bus: "virtio", BootOrder: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testimage.Generate(context.Background(), diskWriterAt{e.hv, vm.ID, vm.Disks[0].ID}, vm.Disks[0].Size, seed); err != nil {
+		t.Fatal(err)
+	}
+	return vm
+}
+
+func (e *env) waitIdle(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := e.svc.WaitIdle(ctx); err != nil {
+		t.Fatalf("WaitIdle: %v", err)
+	}
+}
+
+// eventually polls cond until it holds, for states no event announces
+// (a goroutine blocked inside an injected fault).
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// nightly is a plan every 2 hours, full at 00:00, inside 20:00–06:00 with
+// runs outside skipped, keeping the last 3 points and the newest of 2 days.
+func nightly(vmIDs ...string) plan.Plan {
+	return plan.Plan{
+		ID:            "nightly",
+		Name:          "Nightly",
+		Objects:       plan.Objects{VMIDs: vmIDs, Selectors: []plan.Selector{{"tier": "gold"}}},
+		Repository:    "mem://",
+		Incremental:   schedule.Schedule{Kind: schedule.KindHours, Every: 2},
+		Full:          &schedule.Schedule{Kind: schedule.KindDays, Every: 1, Times: []string{"00:00"}},
+		Window:        &schedule.Window{Ranges: []schedule.Range{{Weekdays: everyDay, Start: "20:00", End: "06:00"}}},
+		OutsideWindow: schedule.OutsideSkip,
+		Overrun:       schedule.OverrunStop,
+		Retention:     plan.Retention{KeepLast: 3, Daily: 2},
+		Compression:   plan.Compression{Enabled: true, Codec: "s2"},
+		Limits:        plan.Limits{ParallelVMs: 2},
+	}
+}
+
+// TestPlanOverDays runs a plan on a fake clock from Monday 11:00 to
+// Thursday 11:00 while the guests write between runs, and checks exactly
+// which restore points exist afterwards, what the history recorded, the
+// plan's status, and that the newest point restores the disk byte for byte.
+func TestPlanOverDays(t *testing.T) {
+	ctx := context.Background()
+	clock := schedule.NewFakeClock(monday.Add(11 * time.Hour))
+	e := newEnv(t, "file", nil, backup.Config{Clock: clock})
+	a := e.addLabelledVM(t, "a", nil, 1)
+	b := e.addLabelledVM(t, "b", map[string]string{"tier": "gold"}, 2)
+	e.addLabelledVM(t, "c", map[string]string{"tier": "bronze"}, 3) // in no plan
+	if _, err := e.svc.PutPlan(ctx, nightly(a.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.StartPlans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.svc.Close(context.Background()) })
+
+	lastWrite := monday.AddDate(0, 0, 3).Add(3 * time.Hour) // Thu 03:00
+	for end := monday.AddDate(0, 0, 3).Add(11 * time.Hour); clock.Now().Before(end); {
+		clock.Advance(time.Hour)
+		e.waitIdle(t)
+		if now := clock.Now(); now.Hour()%2 == 1 && !now.After(lastWrite) {
+			e.mutate(t, a, 0.02, now.Unix(), false)
+			e.mutate(t, b, 0.02, now.Unix()+1, true)
+		}
+	}
+
+	var got []string
+	for _, vm := range []hypervisor.VM{a, b} {
+		for _, m := range e.points(t, vm.ID) {
+			got = append(got, fmt.Sprintf("%s %s %s manual=%v", vm.Name, m.Created.Format("Mon 15:04"), m.Kind, m.Manual))
+		}
+	}
+	want := []string{
+		"a Thu 04:00 incremental manual=false", "a Thu 02:00 incremental manual=false", "a Thu 00:00 full manual=false", "a Wed 22:00 incremental manual=false",
+		"b Thu 04:00 incremental manual=false", "b Thu 02:00 incremental manual=false", "b Thu 00:00 full manual=false", "b Wed 22:00 incremental manual=false",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("restore points (-want +got):\n%s", diff)
+	}
+	if ps, _ := e.repo.ListPoints(ctx, repository.Filter{}); len(ps) != len(want) {
+		t.Errorf("%d points in the repository, want %d (vm c is in no plan)", len(ps), len(want))
+	}
+	if n := e.hv.OpenSnapshots(); n != 0 {
+		t.Errorf("%d snapshots left open", n)
+	}
+
+	// History: 15 runs inside the window (5 a night), 21 due times outside.
+	recs, err := e.svc.History(ctx, "nightly", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	states := map[string]int{}
+	for _, r := range recs {
+		k := string(r.State)
+		if r.Full {
+			k += " full"
+		}
+		if r.State == backup.JobSkipped {
+			k += ": " + r.Reason
+		}
+		states[k]++
+		if r.State == backup.JobSucceeded {
+			if r.Retention == nil || len(r.Retention.Errors) > 0 {
+				t.Errorf("run due %s: retention %+v, want applied without errors", r.Due, r.Retention)
+			}
+			if len(r.VMs) != 2 || r.VMs[0].VMID != a.ID || r.VMs[1].VMID != b.ID || r.VMs[0].PointID == "" {
+				t.Errorf("run due %s: VMs %+v, want a then b, each with a point", r.Due, r.VMs)
+			}
+		}
+	}
+	wantStates := map[string]int{
+		"succeeded":      12,
+		"succeeded full": 3,
+		"skipped: " + string(schedule.ReasonOutsideWindow): 21,
+	}
+	if diff := cmp.Diff(wantStates, states); diff != "" {
+		t.Errorf("history (-want +got):\n%s", diff)
+	}
+	if recs[0].Due != monday.AddDate(0, 0, 3).Add(10*time.Hour) {
+		t.Errorf("newest record is due %s, want Thu 10:00", recs[0].Due)
+	}
+
+	st, err := e.svc.PlanStatus(ctx, "nightly")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Scheduled || st.Running || st.Next != monday.AddDate(0, 0, 3).Add(12*time.Hour) {
+		t.Errorf("status: scheduled %v running %v next %s, want scheduled, idle, next Thu 12:00", st.Scheduled, st.Running, st.Next)
+	}
+	if st.LastRun == nil || st.LastRun.Due != monday.AddDate(0, 0, 3).Add(4*time.Hour) || st.LastRun.State != backup.JobSucceeded {
+		t.Errorf("status: last run %+v, want the one due Thu 04:00, succeeded", st.LastRun)
+	}
+	if st.LastSkip == nil || st.LastSkip.Due != monday.AddDate(0, 0, 3).Add(10*time.Hour) {
+		t.Errorf("status: last skip %+v, want the one due Thu 10:00", st.LastSkip)
+	}
+	if st.Points != 8 || st.VMs != 2 || st.LogicalBytes != 8*(4<<20) || st.StoredBytes <= 0 || st.CompressionRatio <= 1 {
+		t.Errorf("status: %d points of %d VMs, %d logical, %d stored, ratio %.2f", st.Points, st.VMs, st.LogicalBytes, st.StoredBytes, st.CompressionRatio)
+	}
+
+	// The newest point of a holds what a's disk held at Thu 04:00, which
+	// is what it holds now.
+	newest := e.points(t, a.ID)[0]
+	_, disks := e.rebuilt(t, newest, "a-restored")
+	sameDisks(t, "rebuilt newest point of a", disks, e.contents(t, a))
+}
+
+// TestOverrunStop hangs a run after its snapshot and checks that the
+// window's close cancels it leaving no restore point, no open snapshot and
+// no lease, and that the history says why.
+func TestOverrunStop(t *testing.T) {
+	ctx := context.Background()
+	clock := schedule.NewFakeClock(monday.Add(21 * time.Hour))
+	e := newEnv(t, "mem", nil, backup.Config{Clock: clock})
+	a := e.addLabelledVM(t, "a", nil, 1)
+	p := nightly(a.ID)
+	p.Objects.Selectors = nil
+	p.Incremental = schedule.Schedule{Kind: schedule.KindDays, Every: 1, Times: []string{"22:30"}}
+	p.Full = nil
+	p.Window.Ranges[0].Start, p.Window.Ranges[0].End = "22:00", "23:00"
+	if _, err := e.svc.PutPlan(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.StartPlans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer e.svc.Close(ctx)
+
+	e.hv.Inject(fake.Fault{Op: fake.OpOpenDisk, VMID: a.ID, Delay: 100 * time.Hour})
+	clock.Advance(90 * time.Minute) // 22:30: the run starts and hangs in OpenDisk
+	eventually(t, "the run to reach the hanging OpenDisk", func() bool { return len(e.hv.PendingFaults()) == 0 })
+	if n := e.hv.OpenSnapshots(); n != 1 {
+		t.Fatalf("%d snapshots open during the run, want 1", n)
+	}
+	clock.Advance(30 * time.Minute) // 23:00: the window closes
+	e.waitIdle(t)
+
+	if ps := e.points(t, a.ID); len(ps) != 0 {
+		t.Errorf("%d restore points after the stopped run, want none", len(ps))
+	}
+	if n := e.hv.OpenSnapshots(); n != 0 {
+		t.Errorf("%d snapshots left open", n)
+	}
+	if keys := listKeys(t, e.repo.Bucket(), "leases/"); len(keys) != 0 {
+		t.Errorf("leases left: %v", keys)
+	}
+	recs, err := e.svc.History(ctx, p.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || recs[0].State != backup.JobCancelled || !strings.Contains(recs[0].Reason, "window closed") || recs[0].VMs[0].State != backup.VMCancelled {
+		t.Errorf("history %+v, want one cancelled run saying the window closed", recs)
+	}
+}
+
+func listKeys(t *testing.T, b *blob.Bucket, prefix string) []string {
+	t.Helper()
+	var keys []string
+	it := b.List(&blob.ListOptions{Prefix: prefix})
+	for {
+		o, err := it.Next(context.Background())
+		if errors.Is(err, io.EOF) {
+			return keys
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, o.Key)
+	}
+}
+
+// TestMissedRunsCatchUp stops the Service for a few hours and checks that
+// a new one reports the missed runs and makes one catch-up run.
+func TestMissedRunsCatchUp(t *testing.T) {
+	ctx := context.Background()
+	clock := schedule.NewFakeClock(monday.Add(10*time.Hour + 30*time.Minute))
+	e := newEnv(t, "mem", nil, backup.Config{Clock: clock})
+	a := e.addLabelledVM(t, "a", nil, 1)
+	p := nightly(a.ID)
+	p.Objects.Selectors = nil
+	p.Incremental = schedule.Schedule{Kind: schedule.KindHours, Every: 1}
+	p.Full, p.Window, p.OutsideWindow, p.Overrun = nil, nil, "", ""
+	if _, err := e.svc.PutPlan(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.StartPlans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Hour) // 11:00 runs, 11:30
+	e.waitIdle(t)
+	if err := e.svc.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	clock.Advance(4 * time.Hour) // 15:30: 12:00 to 15:00 passed with no Service
+	svc, err := backup.New(backup.Config{Hypervisor: e.hv, Repository: e.repo, Clock: clock, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.svc = svc
+	if err := svc.StartPlans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close(ctx)
+	e.waitIdle(t)
+
+	recs, err := svc.History(ctx, p.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range recs {
+		got = append(got, fmt.Sprintf("%s due %s catch-up=%v %s", r.State, r.Due.Format("15:04"), r.CatchUp, r.Reason))
+	}
+	want := []string{
+		"succeeded due 15:00 catch-up=true ",
+		"skipped due 15:00 catch-up=false missed while the service was not running: 4 runs due from 2027-03-08T12:00:00Z to 2027-03-08T15:00:00Z",
+		"succeeded due 11:00 catch-up=false ",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("history (-want +got):\n%s", diff)
+	}
+	if ps := e.points(t, a.ID); len(ps) != 2 {
+		t.Errorf("%d points, want 2 (11:00 and the catch-up)", len(ps))
+	}
+}
+
+// TestPlanLifecycle covers what an embedder does by hand: invalid and
+// conflicting writes, manual runs, retention dry runs, removing a VM and
+// deleting plans with and without their points.
+func TestPlanLifecycle(t *testing.T) {
+	ctx := context.Background()
+	clock := schedule.NewFakeClock(monday.Add(9 * time.Hour))
+	e := newEnv(t, "mem", nil, backup.Config{Clock: clock})
+	a := e.addLabelledVM(t, "a", nil, 1)
+	b := e.addLabelledVM(t, "b", map[string]string{"tier": "gold"}, 2)
+
+	bad := nightly()
+	bad.Objects.Selectors = nil
+	bad.Retention = plan.Retention{}
+	_, err := e.svc.PutPlan(ctx, bad)
+	var fields []string
+	for _, fe := range plan.Problems(err) {
+		fields = append(fields, fe.Field)
+	}
+	if !errors.Is(err, plan.ErrInvalid) || !slices.Contains(fields, "objects") || !slices.Contains(fields, "retention") {
+		t.Errorf("PutPlan(no objects, no retention) = %v (fields %v), want ErrInvalid naming objects and retention", err, fields)
+	}
+
+	p := nightly(a.ID)
+	p.Retention = plan.Retention{KeepLast: 1}
+	stored, err := e.svc.PutPlan(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.PutPlan(ctx, p); !errors.Is(err, plan.ErrConflict) {
+		t.Errorf("PutPlan of a stale version = %v, want ErrConflict", err)
+	}
+
+	for i, full := range []bool{true, false} {
+		clock.Advance(time.Hour)
+		e.mutate(t, a, 0.05, int64(i), false)
+		job, err := e.svc.RunPlan(ctx, "nightly", full)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantKind := map[bool]string{true: backup.PointFull, false: backup.PointIncremental}[full]
+		if job.State != backup.JobSucceeded || !job.Manual || len(job.VMs) != 2 || job.VMs[0].Kind != wantKind {
+			t.Fatalf("RunPlan(full=%v): %+v", full, job)
+		}
+	}
+	// Manual points are kept by KeepLast 1; with ForgetManual a dry run
+	// names the older point of each VM and deletes nothing.
+	stored.Retention.ForgetManual = true
+	if stored, err = e.svc.PutPlan(ctx, stored); err != nil {
+		t.Fatal(err)
+	}
+	older := []string{e.points(t, a.ID)[1].ID, e.points(t, b.ID)[1].ID}
+	rep, err := e.svc.ApplyRetention(ctx, "nightly", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.DryRun || !cmp.Equal(sorted(rep.Forgotten), sorted(older)) || len(rep.Kept) != 2 {
+		t.Errorf("dry run: %+v, want the older point of each VM forgotten", rep)
+	}
+	if n := len(e.points(t, a.ID)) + len(e.points(t, b.ID)); n != 4 {
+		t.Errorf("%d points after a dry run, want all 4", n)
+	}
+	if rep, err = e.svc.ApplyRetention(ctx, "nightly", false); err != nil || len(rep.Forgotten) != 2 {
+		t.Fatalf("ApplyRetention = %+v, %v", rep, err)
+	}
+	if n := len(e.points(t, a.ID)) + len(e.points(t, b.ID)); n != 2 {
+		t.Errorf("%d points after retention, want 2", n)
+	}
+
+	if _, err := e.svc.RemoveVM(ctx, "nightly", b.ID, false); err == nil || !strings.Contains(err.Error(), "tier") {
+		t.Errorf("RemoveVM of a VM matched by a selector = %v, want an error naming the selector", err)
+	}
+	after, err := e.svc.RemoveVM(ctx, "nightly", a.ID, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after.Objects.VMIDs) != 0 || len(e.points(t, a.ID)) != 0 || len(e.points(t, b.ID)) != 1 {
+		t.Errorf("after RemoveVM(a, delete points): vmIDs %v, %d points of a, %d of b; want none, 0, 1", after.Objects.VMIDs, len(e.points(t, a.ID)), len(e.points(t, b.ID)))
+	}
+
+	if err := e.svc.DeletePlan(ctx, "nightly", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Plan(ctx, "nightly"); !errors.Is(err, plan.ErrNotFound) {
+		t.Errorf("Plan after DeletePlan = %v, want ErrNotFound", err)
+	}
+	if n := len(e.points(t, b.ID)); n != 1 {
+		t.Errorf("DeletePlan(keep points) left %d points of b, want 1", n)
+	}
+
+	p2 := nightly(a.ID)
+	p2.ID = "second"
+	if _, err := e.svc.PutPlan(ctx, p2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.RunPlan(ctx, "second", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.DeletePlan(ctx, "second", true); err != nil {
+		t.Fatal(err)
+	}
+	ps, err := e.repo.ListPoints(ctx, repository.Filter{PlanID: "second"})
+	if err != nil || len(ps) != 0 {
+		t.Errorf("DeletePlan(delete points) left %d points, err %v", len(ps), err)
+	}
+	if n := len(e.points(t, b.ID)); n != 1 {
+		t.Errorf("deleting plan second touched plan nightly's points: %d of b, want 1", n)
+	}
+	if err := e.svc.DeletePlan(ctx, "second", true); !errors.Is(err, plan.ErrNotFound) {
+		t.Errorf("DeletePlan twice = %v, want ErrNotFound", err)
+	}
+}
+
+func sorted(s []string) []string { return slices.Sorted(slices.Values(s)) }
+
+// TestHistoryPruned checks that only the newest HistoryLimit records of a
+// plan are kept.
+func TestHistoryPruned(t *testing.T) {
+	ctx := context.Background()
+	clock := schedule.NewFakeClock(monday)
+	e := newEnv(t, "mem", nil, backup.Config{Clock: clock, HistoryLimit: 3})
+	a := e.addLabelledVM(t, "a", nil, 1)
+	p := nightly(a.ID)
+	p.Objects.Selectors = nil
+	if _, err := e.svc.PutPlan(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	var jobs []string
+	for range 5 {
+		clock.Advance(time.Minute)
+		job, err := e.svc.RunPlan(ctx, p.ID, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		jobs = append(jobs, job.ID)
+	}
+	recs, err := e.svc.History(ctx, p.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range recs {
+		got = append(got, r.ID)
+	}
+	if want := []string{jobs[4], jobs[3], jobs[2]}; !cmp.Equal(want, got) {
+		t.Errorf("history %v, want the newest 3 jobs %v", got, want)
+	}
+	if keys := listKeys(t, e.repo.Bucket(), "history/plan/"+p.ID+"/"); len(keys) != 3 {
+		t.Errorf("%d history objects, want 3: %v", len(keys), keys)
+	}
+}
+
+// TestMaxBackupJobs checks that a second backup job waits, pending, while
+// the only slot is taken, and runs once it is free.
+func TestMaxBackupJobs(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "mem", nil, backup.Config{MaxBackupJobs: 1})
+	a := e.addLabelledVM(t, "a", nil, 1)
+	b := e.addLabelledVM(t, "b", nil, 2)
+	var order []string
+	unsub := e.svc.Subscribe(func(ev backup.Event) {
+		if ev.Type == backup.EventJobStarted || ev.Type == backup.EventJobFinished {
+			order = append(order, fmt.Sprintf("%s %s", ev.Type, ev.Job.ID))
+		}
+	})
+	defer unsub()
+
+	e.hv.Inject(fake.Fault{Op: fake.OpSnapshot, VMID: a.ID, Delay: 100 * time.Hour})
+	ctxA, cancelA := context.WithCancel(ctx)
+	doneA := make(chan *backup.Job)
+	go func() {
+		job, _ := e.svc.Backup(ctxA, backup.Request{VMIDs: []string{a.ID}})
+		doneA <- job
+	}()
+	eventually(t, "job a to hang in its snapshot", func() bool { return len(e.hv.PendingFaults()) == 0 })
+	doneB := make(chan *backup.Job)
+	go func() {
+		job, _ := e.svc.Backup(ctx, backup.Request{VMIDs: []string{b.ID}})
+		doneB <- job
+	}()
+	eventually(t, "job b to be recorded pending", func() bool {
+		recs, err := e.svc.History(ctx, "", 0)
+		return err == nil && slices.ContainsFunc(recs, func(r backup.JobRecord) bool {
+			return r.State == backup.JobPending && r.VMs[0].VMID == b.ID
+		})
+	})
+	cancelA()
+	if job := <-doneA; job.State != backup.JobCancelled {
+		t.Errorf("job a: %s, want cancelled", job.State)
+	}
+	if job := <-doneB; job.State != backup.JobSucceeded {
+		t.Errorf("job b: %s, want succeeded", job.State)
+	}
+	if len(order) != 4 || !strings.HasPrefix(order[1], "job finished") {
+		t.Errorf("events %q: want job b to start only after job a finished", order)
+	}
+	recs, err := e.svc.History(ctx, "", 0)
+	if err != nil || len(recs) != 2 || recs[0].State != backup.JobSucceeded || recs[1].State != backup.JobCancelled {
+		t.Errorf("history of jobs without a plan: %+v, %v", recs, err)
+	}
+}
+
+// TestRestoreJobsRecorded checks that restores enter the history of jobs
+// without a plan.
+func TestRestoreJobsRecorded(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "mem", nil, backup.Config{})
+	a := e.addLabelledVM(t, "a", nil, 1)
+	job := e.backup(t, backup.Request{VMIDs: []string{a.ID}})
+	if err := e.hv.PowerOff(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.RestoreInPlace(ctx, job.VMs[0].PointID, restore.InPlaceOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := e.svc.History(ctx, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, r := range recs {
+		kinds = append(kinds, string(r.Kind)+" "+string(r.State))
+	}
+	if want := []string{"restore-in-place succeeded", "backup succeeded"}; !cmp.Equal(want, kinds) {
+		t.Errorf("history %v, want %v", kinds, want)
+	}
+}
