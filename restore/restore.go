@@ -136,7 +136,8 @@ type DiskResult struct {
 	TargetID string // the disk written
 	Size     int64  // the point's disk size
 	Method   string // MethodChanged, MethodCompare or MethodFresh
-	// Why the method was chosen when it is MethodCompare.
+	// Reason says why the method was chosen when it is MethodCompare, or
+	// MethodFresh on a target found empty (not promised by TargetZeroed).
 	Reason        string
 	ChunksWritten int
 	ChunksSkipped int // equal already, or zero on a fresh disk
@@ -416,14 +417,19 @@ func (r *runner) restoreDisk(ctx context.Context, dw hypervisor.DiskWriter, vmID
 	cs := idx.ChunkSize()
 	limit := min(w.Size(), d.Size)
 	// A target that reports its allocated extents (an optional ability of
-	// a WritableDisk) reads as zeros elsewhere: those parts are not read.
+	// a WritableDisk) reads as zeros elsewhere: those parts are not read,
+	// and a target that holds nothing at all is restored as a fresh disk.
 	var alloc []hypervisor.Extent
 	if er, ok := w.(hypervisor.ExtentReporter); ok && !fresh {
 		if alloc, err = er.AllocatedExtents(ctx); err != nil {
 			return res, fmt.Errorf("allocated extents: %w", err)
 		}
 		if alloc == nil {
-			alloc = []hypervisor.Extent{}
+			alloc = []hypervisor.Extent{} // nil would mean "all of it"
+		}
+		if len(pipeline.Within(nil, alloc, 0, limit)) == 0 {
+			fresh = true
+			res.Reason = "the target disk holds no data"
 		}
 	}
 
@@ -474,13 +480,14 @@ func (r *runner) restoreDisk(ctx context.Context, dw hypervisor.DiskWriter, vmID
 				}
 				defer r.pool.Put(old)
 			}
+			var scratch []hypervisor.Extent
 			for {
 				i, ok := cur.Next()
 				if !ok {
 					return nil
 				}
 				off, end := pipeline.SlotRange(i, limit, cs)
-				wn, rd, err := r.restoreChunk(gctx, src, w, alloc, idx.Get(i), i, off, end, fresh, buf, old)
+				wn, rd, err := r.restoreChunk(gctx, src, w, alloc, &scratch, idx.Get(i), i, off, end, fresh, buf, old)
 				if err != nil {
 					return fmt.Errorf("chunk at %d (%s): %w", off, idx.Get(i), err)
 				}
@@ -540,19 +547,31 @@ func changedSpans(ctx context.Context, w hypervisor.WritableDisk, token string, 
 const writeGrain = 64 << 10
 
 // restoreChunk makes [off, end) of w hold slot i's content (id), using
-// buf (and, unless the disk is fresh, cur) as scratch. alloc, if not nil,
-// is where the target may hold data. It returns the
-// bytes written to w and read from the repository.
-func (r *runner) restoreChunk(ctx context.Context, src *repository.DiskReader, w hypervisor.WritableDisk, alloc []hypervisor.Extent, id repository.ChunkID, i int, off, end int64, fresh bool, buf, cur []byte) (written, rd int64, err error) {
+// buf (and, unless the disk is fresh, cur and scratch) as scratch. alloc,
+// if not nil, is where the target may hold data. It returns the bytes
+// written to w and read from the repository.
+func (r *runner) restoreChunk(ctx context.Context, src *repository.DiskReader, w hypervisor.WritableDisk, alloc []hypervisor.Extent, scratch *[]hypervisor.Extent, id repository.ChunkID, i int, off, end int64, fresh bool, buf, cur []byte) (written, rd int64, err error) {
 	if fresh && id.IsZero() {
 		return 0, 0, nil
 	}
 	n := int(end - off)
+	var held []hypervisor.Extent
+	if !fresh {
+		// Where the target holds nothing, the chunk is written as onto a
+		// fresh disk: no read, no compare.
+		held = pipeline.Within((*scratch)[:0], alloc, off, end)
+		*scratch = held
+		if len(held) == 0 {
+			if fresh = true; id.IsZero() {
+				return 0, 0, nil
+			}
+		}
+	}
 	if !fresh {
 		// Look at what the target holds: nothing to do if equal already.
 		cur = cur[:n]
 		pos := off
-		for _, e := range pipeline.Within(nil, alloc, off, end) {
+		for _, e := range held {
 			clear(cur[pos-off : e.Offset-off])
 			if err := pipeline.ReadFull(w, cur[e.Offset-off:e.End()-off], e.Offset); err != nil {
 				return 0, 0, fmt.Errorf("read target: %w", err)

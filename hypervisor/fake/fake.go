@@ -93,7 +93,8 @@ type Options struct {
 	// implement ChangeTracker (ChangeReporter), like a hypervisor
 	// without CBT.
 	NoChangeTracking bool
-	// NoExtents makes snapshot disks not implement ExtentReporter.
+	// NoExtents makes snapshot disks (and writable disks) not implement
+	// ExtentReporter.
 	NoExtents bool
 	// Quiesce says the guests can be quiesced: application-consistent
 	// snapshots of running VMs succeed.
@@ -549,6 +550,12 @@ func (d *disk) write(p []byte, off, g int64) error {
 		}
 	}
 	return nil
+}
+
+func (d *disk) extents() ([]hypervisor.Extent, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.st.extents()
 }
 
 func (d *disk) read(p []byte, off int64) error {

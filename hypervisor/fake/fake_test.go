@@ -748,3 +748,92 @@ func FuzzChangedExtentsToken(f *testing.F) {
 		}
 	})
 }
+
+// TestWritableDiskExtents: a disk opened for writing reports where its
+// current content may be non-zero, including its own writes, for in-memory
+// and file-backed disks; NoExtents turns it off.
+func TestWritableDiskExtents(t *testing.T) {
+	ctx := t.Context()
+	for _, files := range []bool{false, true} {
+		t.Run(fmt.Sprintf("files=%v", files), func(t *testing.T) {
+			h := fake.New(nil)
+			defer h.Close()
+			var vm hypervisor.VM
+			if files {
+				path := filepath.Join(t.TempDir(), "d.raw")
+				if err := makeSparse(path, 8*mib); err != nil {
+					t.Fatal(err)
+				}
+				var err error
+				if vm, err = h.AddFileVM("f", path); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				vm = mustVM(t, h, "m", 8*mib)
+			}
+			if err := h.PowerOff(ctx, vm.ID); err != nil {
+				t.Fatal(err)
+			}
+			w, err := h.OpenDiskForWrite(ctx, vm.ID, "disk-1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			er, ok := w.(hypervisor.ExtentReporter)
+			if !ok {
+				t.Fatalf("writable disk %T implements no ExtentReporter", w)
+			}
+			if _, ok := w.(hypervisor.ChangeReporter); !ok {
+				t.Errorf("writable disk %T implements no ChangeReporter", w)
+			}
+			ext, err := er.AllocatedExtents(ctx)
+			if err != nil || len(ext) != 0 {
+				t.Fatalf("AllocatedExtents of an empty disk = %v, %v; want none", ext, err)
+			}
+			if _, err := w.WriteAt(bytes.Repeat([]byte{7}, 100), 5*mib+10); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.WriteDisk(ctx, vm.ID, "disk-1", mib, []byte{1}); err != nil {
+				t.Fatal(err)
+			}
+			if ext, err = er.AllocatedExtents(ctx); err != nil {
+				t.Fatal(err)
+			}
+			// The file system allocates in blocks of its own: both writes
+			// must be covered, and little else.
+			var total int64
+			for _, at := range []int64{mib, 5*mib + 10, 5*mib + 109} {
+				covered := false
+				for _, e := range ext {
+					covered = covered || (e.Offset <= at && at < e.End())
+				}
+				if !covered {
+					t.Errorf("AllocatedExtents = %v; byte %d written but not covered", ext, at)
+				}
+			}
+			for _, e := range ext {
+				total += e.Length
+			}
+			if total > 2*mib {
+				t.Errorf("AllocatedExtents = %v; %d bytes for two small writes", ext, total)
+			}
+			w.Close()
+			if _, err := er.AllocatedExtents(ctx); err == nil {
+				t.Error("AllocatedExtents after Close succeeded")
+			}
+		})
+	}
+	h := fake.New(&fake.Options{NoExtents: true})
+	vm := mustVM(t, h, "n", mib)
+	if err := h.PowerOff(ctx, vm.ID); err != nil {
+		t.Fatal(err)
+	}
+	w, err := h.OpenDiskForWrite(ctx, vm.ID, "disk-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, ok := w.(hypervisor.ExtentReporter); ok {
+		t.Errorf("NoExtents: writable disk %T implements ExtentReporter", w)
+	}
+}

@@ -84,7 +84,9 @@ func (h *Hypervisor) setPower(ctx context.Context, op, vmID string, to hyperviso
 // time (else ErrConflict). Writes are visible at once (to ReadDisk, to new
 // snapshots and to change tracking), so Flush only checks that the disk is
 // still open. The returned disk implements ChangeReporter unless
-// Options.NoChangeTracking is set.
+// Options.NoChangeTracking is set, and ExtentReporter (the disk's current
+// allocation, so a restore need not read what holds nothing) unless
+// Options.NoExtents is set.
 func (h *Hypervisor) OpenDiskForWrite(ctx context.Context, vmID, diskID string) (hypervisor.WritableDisk, error) {
 	if err := h.begin(ctx, OpOpenDiskForWrite, vmID, diskID); err != nil {
 		return nil, err
@@ -104,10 +106,16 @@ func (h *Hypervisor) OpenDiskForWrite(ctx context.Context, vmID, diskID string) 
 	d.writer = true
 	v.writers++
 	w := &writableDisk{h: h, v: v, d: d, vmID: vmID}
-	if h.opts.NoChangeTracking {
+	switch o := h.opts; {
+	case o.NoExtents && o.NoChangeTracking:
 		return w, nil
+	case o.NoChangeTracking:
+		return extWritableDisk{w}, nil
+	case o.NoExtents:
+		return cbtWritableDisk{w}, nil
+	default:
+		return extCBTWritableDisk{w}, nil
 	}
-	return cbtWritableDisk{w}, nil
 }
 
 // writableDisk is a disk opened for writing.
@@ -121,9 +129,35 @@ type writableDisk struct {
 	closed bool
 }
 
-type cbtWritableDisk struct{ *writableDisk }
+// The types below add the optional interfaces the Options ask for.
+type (
+	extWritableDisk    struct{ *writableDisk }
+	cbtWritableDisk    struct{ *writableDisk }
+	extCBTWritableDisk struct{ *writableDisk }
+)
 
-var _ hypervisor.ChangeReporter = cbtWritableDisk{}
+var (
+	_ hypervisor.ExtentReporter = extWritableDisk{}
+	_ hypervisor.ChangeReporter = cbtWritableDisk{}
+	_ hypervisor.ExtentReporter = extCBTWritableDisk{}
+	_ hypervisor.ChangeReporter = extCBTWritableDisk{}
+)
+
+func (w extWritableDisk) AllocatedExtents(ctx context.Context) ([]hypervisor.Extent, error) {
+	return w.allocatedExtents(ctx)
+}
+
+func (w cbtWritableDisk) ChangedExtents(ctx context.Context, tok string) ([]hypervisor.Extent, error) {
+	return w.changedExtents(ctx, tok)
+}
+
+func (w extCBTWritableDisk) AllocatedExtents(ctx context.Context) ([]hypervisor.Extent, error) {
+	return w.allocatedExtents(ctx)
+}
+
+func (w extCBTWritableDisk) ChangedExtents(ctx context.Context, tok string) ([]hypervisor.Extent, error) {
+	return w.changedExtents(ctx, tok)
+}
 
 func (w *writableDisk) Size() int64 { return w.d.size }
 
@@ -186,9 +220,28 @@ func (w *writableDisk) Close() error {
 	return w.h.hit(context.Background(), OpFlush, w.vmID, w.d.id)
 }
 
-// ChangedExtents reports what changed on the disk since the snapshot that
+// allocatedExtents reports where the disk's current content, including
+// the writes made through this WritableDisk, may be non-zero: the blocks
+// held in memory, or the file's data ranges (SEEK_DATA/SEEK_HOLE).
+func (w *writableDisk) allocatedExtents(ctx context.Context) ([]hypervisor.Extent, error) {
+	if err := w.h.begin(ctx, OpAllocatedExtents, w.vmID, w.d.id); err != nil {
+		return nil, err
+	}
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if w.closed {
+		return nil, fmt.Errorf("fake: allocated extents of disk %q of vm %q: %w", w.d.id, w.vmID, errClosed)
+	}
+	ext, err := w.d.extents()
+	if err != nil {
+		return nil, fmt.Errorf("fake: allocated extents of disk %q of vm %q: %w", w.d.id, w.vmID, err)
+	}
+	return ext, nil
+}
+
+// changedExtents reports what changed on the disk since the snapshot that
 // issued token, including writes through this WritableDisk.
-func (w cbtWritableDisk) ChangedExtents(ctx context.Context, tok string) ([]hypervisor.Extent, error) {
+func (w *writableDisk) changedExtents(ctx context.Context, tok string) ([]hypervisor.Extent, error) {
 	if err := w.h.begin(ctx, OpChangedExtents, w.vmID, w.d.id); err != nil {
 		return nil, err
 	}

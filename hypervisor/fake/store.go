@@ -26,6 +26,9 @@ type store interface {
 	writeAt(p []byte, off int64) error
 	// freeze returns an immutable view of the current content.
 	freeze() view
+	// extents returns where the current content may be non-zero; it is
+	// called under the disk's read lock.
+	extents() ([]hypervisor.Extent, error)
 	close() error
 }
 
@@ -114,6 +117,10 @@ func (s *memStore) freeze() view {
 
 func (s *memStore) close() error { return nil }
 
+func (s *memStore) extents() ([]hypervisor.Extent, error) {
+	return blockExtents(s.blocks, s.size), nil
+}
+
 // allocated returns the number of bytes held in memory, for tests.
 func (s *memStore) allocated() int64 {
 	var n int64
@@ -134,18 +141,24 @@ func (v *memView) readAt(p []byte, off int64) error {
 }
 
 func (v *memView) extents() ([]hypervisor.Extent, error) {
-	idx := slices.Sorted(maps.Keys(v.blocks))
+	return blockExtents(v.blocks, v.size), nil
+}
+
+// blockExtents returns the merged extents of the blocks present in a disk
+// of size bytes.
+func blockExtents(blocks map[int64]*memBlock, size int64) []hypervisor.Extent {
+	idx := slices.Sorted(maps.Keys(blocks))
 	var out []hypervisor.Extent
 	for _, i := range idx {
 		off := i * blockSize
-		n := min(blockSize, v.size-off)
+		n := min(blockSize, size-off)
 		if k := len(out); k > 0 && out[k-1].End() == off {
 			out[k-1].Length += n
 			continue
 		}
 		out = append(out, hypervisor.Extent{Offset: off, Length: n})
 	}
-	return out, nil
+	return out
 }
 
 // release keeps the blocks: a read racing with Release (a caller's bug)
@@ -232,6 +245,10 @@ func (s *fileStore) freeze() view {
 }
 
 func (s *fileStore) close() error { return s.f.Close() }
+
+func (s *fileStore) extents() ([]hypervisor.Extent, error) {
+	return fileExtents(s.f, s.size)
+}
 
 type fileView struct {
 	s     *fileStore
