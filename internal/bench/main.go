@@ -57,7 +57,8 @@
 //
 // After the table come vmbackup's ratios against every other tool and the
 // targets of issue 8, each marked met or NOT MET; with -cpuprofile, the
-// top functions of vmbackup's first full backup. -matrix replaces all that
+// top functions of vmbackup's first run of the step -profile-step (the
+// full backup by default). -matrix replaces all that
 // with a table of vmbackup (and ref) at every chunk size and codec.
 package main
 
@@ -99,6 +100,7 @@ type config struct {
 	mChunks   []int64
 	mCodecs   []string
 	profile   string
+	profStep  string // the step -cpuprofile profiles
 	out       io.Writer
 }
 
@@ -140,7 +142,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&cfg.matrix, "matrix", false, "run vmbackup (and ref, if in -tools) for every chunk size × codec instead")
 	fs.StringVar(&mChunks, "matrix-chunks", "256KiB,1MiB,4MiB", "chunk sizes of -matrix")
 	fs.StringVar(&mCodecs, "matrix-codecs", strings.Join(compress.Names(), ","), "codecs of -matrix")
-	fs.StringVar(&cfg.profile, "cpuprofile", "", "write a CPU profile of vmbackup's first full backup to this file")
+	fs.StringVar(&cfg.profile, "cpuprofile", "", "write a CPU profile of vmbackup's first run of -profile-step to this file")
+	fs.StringVar(&cfg.profStep, "profile-step", stepFull, "the vmbackup step -cpuprofile profiles: "+strings.Join(profileSteps, ", "))
 	fs.StringVar(&st.name, "step", "", "internal: run one step in this process")
 	fs.StringVar(&st.image, "image", "", "internal: step's image")
 	fs.StringVar(&st.repo, "repo", "", "internal: step's repository directory")
@@ -175,6 +178,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if cfg.profile, err = filepath.Abs(cfg.profile); err != nil {
 			return err
 		}
+	}
+	if !slices.Contains(profileSteps, cfg.profStep) {
+		return fmt.Errorf("-profile-step %q: want one of %s", cfg.profStep, strings.Join(profileSteps, ", "))
 	}
 	if cfg.pad != 0 && cfg.pad < cfg.size {
 		return fmt.Errorf("-pad %s: smaller than -size %s", formatSize(cfg.pad), formatSize(cfg.size))
@@ -362,16 +368,16 @@ func bench(ctx context.Context, cfg config) error {
 	fmt.Fprintln(w)
 	report(w, cfg, ws, tools, res)
 	if cfg.profile != "" && slices.Contains(tools, "vmbackup") {
-		printProfile(ctx, w, cfg.profile)
+		printProfile(ctx, w, cfg.profile, cfg.profStep)
 	}
 	return nil
 }
 
 // printProfile prints the top functions of a CPU profile with the go
 // tool, if there is one (go run has it).
-func printProfile(ctx context.Context, w io.Writer, path string) {
+func printProfile(ctx context.Context, w io.Writer, path, step string) {
 	abs, _ := filepath.Abs(path)
-	fmt.Fprintf(w, "\nCPU profile of vmbackup's first full backup: %s (go tool pprof -top %s)\n", abs, abs)
+	fmt.Fprintf(w, "\nCPU profile of vmbackup's first %s: %s (go tool pprof -top %s)\n", step, abs, abs)
 	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-nodecount=30", path).CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(w, "(go tool pprof: %v)\n", err)
@@ -432,8 +438,8 @@ func vmbackupRound(ctx context.Context, cfg config, ws *workspace, run int, chun
 	if cfg.drop {
 		args = append(args, "-drop-caches")
 	}
-	if cfg.profile != "" && run == 1 {
-		args = append(args, "-cpuprofile", cfg.profile)
+	if cfg.profile != "" && run == 1 && cfg.profStep != stepRestore {
+		args = append(args, "-cpuprofile", cfg.profile, "-profile-step", cfg.profStep)
 	}
 	out, err := runChild(ctx, args)
 	if err != nil {
@@ -456,7 +462,11 @@ func vmbackupRound(ctx context.Context, cfg config, ws *workspace, run int, chun
 	if err := ws.maybeDrop(); err != nil {
 		return nil, err
 	}
-	rp, err := runChild(ctx, append(common(ws, chunk, codec), "-step", "vmbackup-restore", "-repo", repo, "-point", out[1].Point, "-target", target))
+	rargs := append(common(ws, chunk, codec), "-step", "vmbackup-restore", "-repo", repo, "-point", out[1].Point, "-target", target)
+	if cfg.profile != "" && run == 1 && cfg.profStep == stepRestore {
+		rargs = append(rargs, "-cpuprofile", cfg.profile)
+	}
+	rp, err := runChild(ctx, rargs)
 	if err != nil {
 		return nil, err
 	}
@@ -522,7 +532,7 @@ func runStep(ctx context.Context, cfg config, st step, stdout io.Writer) error {
 		a := chainArgs{
 			image: st.image, repo: st.repo, chunk: cfg.chunk, codec: cfg.codec, mutSize: cfg.size,
 			fraction: cfg.fraction, clustered: cfg.clustered, mutSeed: mutSeed, hashSeed: hashSeed,
-			phases: strings.Split(st.phases, ","), cpuProfile: cfg.profile, drop: cfg.drop,
+			phases: strings.Split(st.phases, ","), cpuProfile: cfg.profile, profileStep: cfg.profStep, drop: cfg.drop,
 		}
 		ph, err := vmbackupChain(ctx, a)
 		if err != nil {
@@ -530,7 +540,7 @@ func runStep(ctx context.Context, cfg config, st step, stdout io.Writer) error {
 		}
 		phases = ph
 	case "vmbackup-restore":
-		ph, err := vmbackupRestore(ctx, st.repo, st.point, st.target, max(cfg.size, cfg.pad))
+		ph, err := vmbackupRestore(ctx, st.repo, st.point, st.target, max(cfg.size, cfg.pad), cfg.profile)
 		if err != nil {
 			return err
 		}

@@ -30,20 +30,24 @@ const (
 	stepRestoreDirect = "restore-direct"
 )
 
+// profileSteps are the vmbackup steps -profile-step can name.
+var profileSteps = []string{stepFull, stepIncrCBT, stepIncrHash, stepRestore}
+
 // chainArgs configure the vmbackup chain child.
 type chainArgs struct {
-	image      string // the VM's disk; mutated by the chain
-	repo       string // directory of a new file:// repository
-	chunk      int64
-	codec      string
-	fraction   float64
-	mutSize    int64 // the mutations touch the first mutSize bytes
-	clustered  bool
-	mutSeed    int64 // mutation before incr-cbt
-	hashSeed   int64 // mutation before incr-hash
-	phases     []string
-	cpuProfile string // CPU profile of the full backup, if set
-	drop       bool
+	image       string // the VM's disk; mutated by the chain
+	repo        string // directory of a new file:// repository
+	chunk       int64
+	codec       string
+	fraction    float64
+	mutSize     int64 // the mutations touch the first mutSize bytes
+	clustered   bool
+	mutSeed     int64 // mutation before incr-cbt
+	hashSeed    int64 // mutation before incr-hash
+	phases      []string
+	cpuProfile  string // CPU profile of step profileStep, if set
+	profileStep string
+	drop        bool
 }
 
 // fileURL returns the file:// URL of a directory.
@@ -96,19 +100,17 @@ func vmbackupChain(ctx context.Context, a chainArgs) ([]Phase, error) {
 				return err
 			}
 		}
+		profile := a.cpuProfile != "" && step == a.profileStep
 		m := startPhase()
-		if step == stepFull && a.cpuProfile != "" {
-			f, err := os.Create(a.cpuProfile)
+		if profile {
+			stop, err := startProfile(a.cpuProfile)
 			if err != nil {
 				return err
 			}
-			defer f.Close()
-			if err := pprof.StartCPUProfile(f); err != nil {
-				return err
-			}
+			defer stop()
 		}
 		job, err := svc.Backup(ctx, backup.Request{VMIDs: []string{vm.ID}, Manual: true})
-		if step == stepFull && a.cpuProfile != "" {
+		if profile {
 			pprof.StopCPUProfile()
 		}
 		p := m.stop(step)
@@ -158,10 +160,29 @@ func vmbackupChain(ctx context.Context, a chainArgs) ([]Phase, error) {
 	return out, nil
 }
 
+// startProfile starts a CPU profile into path; stop stops it (again is
+// harmless) and closes the file.
+func startProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
 // vmbackupRestore writes restore point point of the repository in dir onto
 // a new sparse file target of size bytes, attached to the fake hypervisor
-// as a stopped VM, through Service.RestoreInPlace.
-func vmbackupRestore(ctx context.Context, dir, point, target string, size int64) (Phase, error) {
+// as a stopped VM, through Service.RestoreInPlace, with a CPU profile of
+// the restore in cpuProfile if it is not "". The restore is not told that
+// the target is empty: the engine finds out from its allocated extents.
+func vmbackupRestore(ctx context.Context, dir, point, target string, size int64, cpuProfile string) (Phase, error) {
 	repo, err := repository.Open(ctx, fileURL(dir), nil)
 	if err != nil {
 		return Phase{}, fmt.Errorf("open repository: %w", err)
@@ -190,6 +211,13 @@ func vmbackupRestore(ctx context.Context, dir, point, target string, size int64)
 	svc, err := backup.New(backup.Config{Hypervisor: hv, Repository: repo, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return Phase{}, err
+	}
+	if cpuProfile != "" {
+		stop, err := startProfile(cpuProfile)
+		if err != nil {
+			return Phase{}, err
+		}
+		defer stop()
 	}
 	job, err := svc.RestoreInPlace(ctx, point, restore.InPlaceOptions{VMID: vm.ID})
 	if err == nil {
