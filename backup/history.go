@@ -22,11 +22,12 @@ import (
 // run that was not made (State JobSkipped). Records are JSON objects in the
 // repository's bucket:
 //
-//	history/plan/<plan id>/<inverted creation time>-<record id>.json   jobs and skips of a plan
-//	history/jobs/<inverted creation time>-<record id>.json             jobs of no plan (restores, ad-hoc backups)
+//	history/plan/<plan id>/<inverted time>-<inverted sequence>-<record id>.json   jobs and skips of a plan
+//	history/jobs/<inverted time>-<inverted sequence>-<record id>.json             jobs of no plan (restores, ad-hoc backups)
 //
-// The inverted time (math.MaxInt64 minus Unix nanoseconds, 19 digits) makes
-// a listing start with the newest record. A job's record is written when
+// The inverted creation time (math.MaxInt64 minus Unix nanoseconds, 19
+// digits) and sequence number (within the Service, 16 hex digits) make a
+// listing start with the newest record. A job's record is written when
 // the job is created (pending), when it starts (running) and when it ends;
 // the newest Config.HistoryLimit records of each plan are kept.
 type JobRecord struct {
@@ -115,20 +116,22 @@ func (h *history) dir(planID string) string {
 	return historyPrefix + "plan/" + planID + "/"
 }
 
-func (h *history) key(rec *JobRecord) string {
+// key is where rec is kept; seq orders records of one Service made at the
+// same instant (a fake clock's), newest first too.
+func (h *history) key(rec *JobRecord, seq uint64) string {
 	inv := math.MaxInt64 - rec.Created.UnixNano()
-	return fmt.Sprintf("%s%019d-%s.json", h.dir(rec.PlanID), inv, rec.ID)
+	return fmt.Sprintf("%s%019d-%016x-%s.json", h.dir(rec.PlanID), inv, math.MaxUint64-seq, rec.ID)
 }
 
 // put writes rec and, once it is final, prunes the oldest records of its
 // plan beyond the limit. Failures are logged, not returned: a job's outcome
 // never depends on its record.
-func (h *history) put(ctx context.Context, rec *JobRecord) {
+func (h *history) put(ctx context.Context, rec *JobRecord, seq uint64) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), historyWrite)
 	defer cancel()
 	b, err := json.Marshal(rec)
 	if err == nil {
-		err = h.bucket.WriteAll(ctx, h.key(rec), b, &blob.WriterOptions{ContentType: "application/json", DisableContentTypeDetection: true})
+		err = h.bucket.WriteAll(ctx, h.key(rec, seq), b, &blob.WriterOptions{ContentType: "application/json", DisableContentTypeDetection: true})
 	}
 	if err == nil && rec.Final() {
 		err = h.prune(ctx, rec.PlanID)
@@ -256,7 +259,7 @@ func (s *Service) record(job *Job) {
 	if job.Err != nil {
 		rec.Error = job.Err.Error()
 	}
-	s.history.put(context.Background(), rec)
+	s.history.put(context.Background(), rec, job.seq)
 }
 
 func isNotFound(err error) bool { return err != nil && gcerrors.Code(err) == gcerrors.NotFound }

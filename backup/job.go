@@ -68,6 +68,7 @@ type Job struct {
 	Err error
 
 	created time.Time // when the job was made: its history record's time
+	seq     uint64    // the Service's count of jobs made, for the record's key
 	run     *planRun  // the plan run that made the job, if any
 }
 

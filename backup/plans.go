@@ -29,11 +29,11 @@ type RetentionReport struct {
 	Policy string `json:"policy"`
 	// DryRun: nothing was deleted; Forgotten is what would have been.
 	DryRun bool `json:"dryRun,omitempty"`
-	// Kept are the points that stay, each with the rules that keep it.
-	Kept []KeptPoint `json:"kept"`
-	// Forgotten are the ids of the points deleted (or, on a dry run,
-	// that would be).
-	Forgotten []string `json:"forgotten"`
+	// Kept are the points that stay, each with the rules that keep it,
+	// and Forgotten those deleted (or, on a dry run, that would be); both
+	// newest first.
+	Kept      []PointDecision `json:"kept"`
+	Forgotten []PointDecision `json:"forgotten"`
 	// Errors are deletions that failed; those points are still there and
 	// are forgotten again by the next run.
 	Errors []string `json:"errors,omitempty"`
@@ -43,11 +43,13 @@ type RetentionReport struct {
 	GCError string               `json:"gcError,omitempty"`
 }
 
-// KeptPoint is a restore point retention keeps, and why.
-type KeptPoint struct {
-	ID      string   `json:"id"`
-	VMID    string   `json:"vmID"`
-	Reasons []string `json:"reasons"`
+// PointDecision is one restore point as retention judged it: the rules
+// that keep it, or none if it is forgotten.
+type PointDecision struct {
+	ID      string    `json:"id"`
+	VMID    string    `json:"vmID"`
+	Created time.Time `json:"created"`
+	Reasons []string  `json:"reasons,omitempty"`
 }
 
 // PlanStatus is a plan with what the Service knows of it now.
@@ -416,10 +418,11 @@ func (s *Service) applyRetention(ctx context.Context, p plan.Plan, vmIDs []strin
 	if err != nil {
 		return nil, err
 	}
-	rep := &RetentionReport{Policy: policy.String(), DryRun: dryRun, Kept: []KeptPoint{}, Forgotten: []string{}}
+	rep := &RetentionReport{Policy: policy.String(), DryRun: dryRun, Kept: []PointDecision{}, Forgotten: []PointDecision{}}
 	for _, d := range ds {
+		pd := PointDecision{ID: d.Point.ID, VMID: d.Point.VMID, Created: d.Point.Time, Reasons: d.Reasons}
 		if d.Keep {
-			rep.Kept = append(rep.Kept, KeptPoint{ID: d.Point.ID, VMID: d.Point.VMID, Reasons: d.Reasons})
+			rep.Kept = append(rep.Kept, pd)
 			continue
 		}
 		if !dryRun {
@@ -428,7 +431,7 @@ func (s *Service) applyRetention(ctx context.Context, p plan.Plan, vmIDs []strin
 				continue
 			}
 		}
-		rep.Forgotten = append(rep.Forgotten, d.Point.ID)
+		rep.Forgotten = append(rep.Forgotten, pd)
 	}
 	s.log.Info("retention applied", "plan", p.ID, "policy", rep.Policy, "kept", len(rep.Kept), "forgotten", len(rep.Forgotten), "dry_run", dryRun)
 	if !dryRun && len(rep.Forgotten) > 0 {

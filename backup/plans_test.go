@@ -365,7 +365,11 @@ func TestPlanLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !rep.DryRun || !cmp.Equal(sorted(rep.Forgotten), sorted(older)) || len(rep.Kept) != 2 {
+	var forgotten []string
+	for _, d := range rep.Forgotten {
+		forgotten = append(forgotten, d.ID)
+	}
+	if !rep.DryRun || !cmp.Equal(sorted(forgotten), sorted(older)) || len(rep.Kept) != 2 {
 		t.Errorf("dry run: %+v, want the older point of each VM forgotten", rep)
 	}
 	if n := len(e.points(t, a.ID)) + len(e.points(t, b.ID)); n != 4 {

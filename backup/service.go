@@ -136,6 +136,7 @@ type Service struct {
 
 	plans   plan.Store
 	history *history
+	jobSeq  atomic.Uint64 // jobs and history records made
 
 	mu   sync.Mutex
 	subs []*subscriber
