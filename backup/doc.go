@@ -1,6 +1,6 @@
 // Package backup is the engine's entry point: a [Service] that composes a
-// Hypervisor and a Repository (and, later, a Scheduler) and runs backup and
-// restore jobs.
+// Hypervisor, a Repository and a Scheduler, and runs backup and restore jobs,
+// by request or by itself from backup plans.
 //
 // # Jobs
 //
@@ -62,4 +62,36 @@
 // [Service.RestoreInPlace] and [Service.Rebuild] run package restore as
 // jobs with the same events and results; see package restore for what they
 // write and what they skip.
+//
+// # Plans
+//
+// Backup plans (package plan) live in Config.Plans, by default beside the
+// restore points in the repository's bucket. [Service.PutPlan] validates and
+// stores a plan; [Service.StartPlans] hands every plan to the Scheduler
+// (by default a schedule.Local on Config.Clock), which fires its runs. A run:
+//
+//  1. reads the plan as stored now (a deleted plan's run is recorded as
+//     skipped);
+//  2. resolves its VMs: the listed ids plus the VMs whose labels match a
+//     selector (a listed VM that is gone fails the run for that VM);
+//  3. backs them up as one job with the plan's consistency, codec and limits
+//     (full if the Scheduler says the run is full);
+//  4. applies the plan's retention to the points of the VMs it backed up,
+//     and starts garbage collection at most every Config.GCInterval.
+//
+// A run that the window's close stops (overrun policy stop) is cancelled
+// like any job: its snapshots are released, no restore point is written,
+// and retention does not run. At most Config.MaxBackupJobs backup jobs and
+// Config.MaxRestoreJobs restore jobs run at once, scheduled or not; the
+// others wait in state pending.
+//
+// # Job history
+//
+// Every job, and every scheduled run that was not made (skipped outside
+// the window, while the previous run was busy, while paused, or missed
+// while the Service was down), is a [JobRecord] in the bucket, pruned to
+// Config.HistoryLimit per plan; see [Service.History] and
+// [Service.PlanStatus]. After a restart, StartPlans reads each plan's last
+// run from the history, so the Scheduler reports the runs missed meanwhile
+// and makes one catch-up run.
 package backup
