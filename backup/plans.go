@@ -186,6 +186,25 @@ func (s *Service) PutPlan(ctx context.Context, p plan.Plan) (plan.Plan, error) {
 	return stored, nil
 }
 
+// SetPlanState pauses (plan.Paused), stops (plan.Stopped) or resumes
+// (plan.Enabled) plan id: it stores the new State, retrying on a
+// concurrent change, and reschedules the plan. A paused plan's due times
+// are recorded as skipped; a stopped plan is not scheduled at all. A run in
+// progress finishes either way.
+func (s *Service) SetPlanState(ctx context.Context, id string, state plan.State) (plan.Plan, error) {
+	for {
+		p, err := s.Plan(ctx, id)
+		if err != nil {
+			return plan.Plan{}, err
+		}
+		p.State = state
+		stored, err := s.PutPlan(ctx, p)
+		if !errors.Is(err, plan.ErrConflict) {
+			return stored, err
+		}
+	}
+}
+
 // Plan returns the plan with that id (an error wrapping plan.ErrNotFound if
 // there is none).
 func (s *Service) Plan(ctx context.Context, id string) (plan.Plan, error) {

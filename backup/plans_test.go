@@ -334,6 +334,8 @@ func TestPlanLifecycle(t *testing.T) {
 
 	p := nightly(a.ID)
 	p.Retention = plan.Retention{KeepLast: 1}
+	p.Consistency = plan.Consistency{Mode: plan.ApplicationConsistent, FallbackToCrash: true} // the fake's guests cannot quiesce
+	p.Compression = plan.Compression{Enabled: false}
 	stored, err := e.svc.PutPlan(ctx, p)
 	if err != nil {
 		t.Fatal(err)
@@ -352,6 +354,14 @@ func TestPlanLifecycle(t *testing.T) {
 		wantKind := map[bool]string{true: backup.PointFull, false: backup.PointIncremental}[full]
 		if job.State != backup.JobSucceeded || !job.Manual || len(job.VMs) != 2 || job.VMs[0].Kind != wantKind {
 			t.Fatalf("RunPlan(full=%v): %+v", full, job)
+		}
+		for _, r := range job.VMs {
+			if r.Consistency != hypervisor.CrashConsistent || r.Note == "" {
+				t.Errorf("vm %s: consistency %q note %q, want a recorded fallback to crash", r.VMID, r.Consistency, r.Note)
+			}
+			if r.BytesStored < r.BytesNew {
+				t.Errorf("vm %s: %d bytes stored of %d new, but the plan turns compression off", r.VMID, r.BytesStored, r.BytesNew)
+			}
 		}
 	}
 	// Manual points are kept by KeepLast 1; with ForgetManual a dry run
@@ -380,6 +390,28 @@ func TestPlanLifecycle(t *testing.T) {
 	}
 	if n := len(e.points(t, a.ID)) + len(e.points(t, b.ID)); n != 2 {
 		t.Errorf("%d points after retention, want 2", n)
+	}
+
+	// Pausing records due times as skipped; resuming runs again.
+	if err := e.svc.StartPlans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer e.svc.Close(ctx)
+	if _, err := e.svc.SetPlanState(ctx, "nightly", plan.Paused); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(11*time.Hour + 30*time.Minute) // 11:00 to 22:30: 20:00 and 22:00 are due inside the window
+	e.waitIdle(t)
+	if st, err := e.svc.PlanStatus(ctx, "nightly"); err != nil || !st.Paused || st.LastSkip == nil || st.LastSkip.Reason != string(schedule.ReasonPaused) {
+		t.Errorf("paused plan: status %+v, %v; want paused with its last due time skipped as paused", st, err)
+	}
+	if stored, err = e.svc.SetPlanState(ctx, "nightly", plan.Enabled); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(90 * time.Minute) // 00:00 runs
+	e.waitIdle(t)
+	if st, err := e.svc.PlanStatus(ctx, "nightly"); err != nil || st.Paused || st.LastRun == nil || st.LastRun.Due != monday.Add(24*time.Hour) || !st.LastRun.Full {
+		t.Errorf("resumed plan: status %+v, %v; want the 00:00 full run made", st, err)
 	}
 
 	if _, err := e.svc.RemoveVM(ctx, "nightly", b.ID, false); err == nil || !strings.Contains(err.Error(), "tier") {
