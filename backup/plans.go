@@ -23,6 +23,20 @@ type planRun struct {
 	retention *RetentionReport
 }
 
+// waitNote is what a run due at due waited for before it started.
+type waitNote struct {
+	due time.Time
+	why string
+}
+
+// addReason adds why to the run's reason.
+func (r *planRun) addReason(why string) {
+	if r.reason != "" {
+		r.reason += "; "
+	}
+	r.reason += why
+}
+
 // RetentionReport says what a plan's retention decided and did.
 type RetentionReport struct {
 	// Policy describes the rules applied (retention.Policy.String).
@@ -307,13 +321,20 @@ func (s *Service) RunPlan(ctx context.Context, id string, full bool) (*Job, erro
 // scheduledRun is the RunFunc the Scheduler calls for every plan.
 func (s *Service) scheduledRun(ctx context.Context, r schedule.Run) error {
 	run := &planRun{due: r.Due, full: r.Full, catchUp: r.CatchUp}
+	s.schedMu.Lock()
+	if w, ok := s.waited[r.PlanID]; ok && w.due.Equal(r.Due) {
+		run.reason = w.why
+		delete(s.waited, r.PlanID)
+	}
+	s.schedMu.Unlock()
 	p, err := s.plans.Get(ctx, r.PlanID)
 	if err != nil {
 		job := s.newJob(KindBackup, r.PlanID, false)
 		job.run = run
-		run.reason = "the plan could not be read: " + err.Error()
 		if errors.Is(err, plan.ErrNotFound) {
-			run.reason = "the plan was deleted"
+			run.addReason("the plan was deleted")
+		} else {
+			run.addReason("the plan could not be read: " + err.Error())
 		}
 		job.State = JobSkipped
 		s.record(job)
@@ -328,7 +349,8 @@ func (s *Service) runPlan(ctx context.Context, p plan.Plan, run *planRun, manual
 	job := s.newJob(KindBackup, p.ID, manual)
 	job.run = run
 	fail := func(err error) (*Job, error) {
-		job.State, job.Err, run.reason = JobFailed, err, err.Error()
+		job.State, job.Err = JobFailed, err
+		run.addReason(err.Error())
 		job.Started, job.Finished = s.now(), s.now()
 		if ctx.Err() != nil {
 			job.State = JobCancelled
@@ -374,9 +396,9 @@ func (s *Service) runPlan(ctx context.Context, p plan.Plan, run *planRun, manual
 	s.schedMu.Unlock()
 	switch {
 	case errors.Is(context.Cause(ctx), schedule.ErrWindowClosed):
-		run.reason = "stopped when the backup window closed (overrun policy stop): no restore point was made"
+		run.addReason("stopped when the backup window closed (overrun policy stop): no restore point was made")
 	case overrun != "":
-		run.reason = string(overrun)
+		run.addReason(overrun)
 	}
 	var backedUp []string
 	for _, r := range job.VMs {
@@ -546,9 +568,16 @@ func (s *Service) ScheduleEvent(e schedule.Event) {
 		delete(s.overrun, e.PlanID)
 		s.idle.Broadcast()
 	case schedule.EventOverrun:
-		s.overrun[e.PlanID] = e.Reason
+		s.overrun[e.PlanID] = string(e.Reason)
+	case schedule.EventDeferred:
+		s.waited[e.PlanID] = waitNote{e.Due, "due outside the backup window: waited for it to open at " + e.Until.Format(time.RFC3339)}
+	case schedule.EventQueued:
+		s.waited[e.PlanID] = waitNote{e.Due, "waited for a free slot (at most Config.MaxBackupJobs runs at once)"}
 	case schedule.EventSkipped:
 		reason = string(e.Reason)
+		if w, ok := s.waited[e.PlanID]; ok && w.due.Equal(e.Due) {
+			delete(s.waited, e.PlanID) // the run that waited will not be made
+		}
 	case schedule.EventMissed:
 		reason = fmt.Sprintf("missed while the service was not running: %d runs due from %s to %s", e.Missed, e.First.Format(time.RFC3339), e.Due.Format(time.RFC3339))
 	}

@@ -572,3 +572,51 @@ func TestRestoreJobsRecorded(t *testing.T) {
 		t.Errorf("history %v, want %v", kinds, want)
 	}
 }
+
+// TestOutsideWindowWaits checks that a run due before its window opens
+// waits for it and that its record says so.
+func TestOutsideWindowWaits(t *testing.T) {
+	ctx := context.Background()
+	clock := schedule.NewFakeClock(monday.Add(20 * time.Hour))
+	e := newEnv(t, "mem", nil, backup.Config{Clock: clock})
+	a := e.addLabelledVM(t, "a", nil, 1)
+	p := nightly(a.ID)
+	p.Objects.Selectors = nil
+	p.Incremental = schedule.Schedule{Kind: schedule.KindHours, Every: 1}
+	p.Full = nil
+	p.Window.Ranges[0].Start, p.Window.Ranges[0].End = "22:00", "23:00"
+	p.OutsideWindow = schedule.OutsideWait
+	if _, err := e.svc.PutPlan(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.StartPlans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer e.svc.Close(ctx)
+	clock.Advance(time.Hour) // 21:00 is due and waits
+	e.waitIdle(t)
+	if ps := e.points(t, a.ID); len(ps) != 0 {
+		t.Fatalf("%d points before the window opened", len(ps))
+	}
+	clock.Advance(time.Hour) // 22:00: the window opens
+	e.waitIdle(t)
+	recs, err := e.svc.History(ctx, p.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range recs {
+		got = append(got, fmt.Sprintf("%s due %s started %s: %s", r.State, r.Due.Format("15:04"), r.Started.Format("15:04"), r.Reason))
+	}
+	slices.Sort(got)
+	want := []string{
+		"skipped due 22:00 started 00:00: " + string(schedule.ReasonBusy),
+		"succeeded due 21:00 started 22:00: due outside the backup window: waited for it to open at 2027-03-08T22:00:00Z",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("history (-want +got):\n%s", diff)
+	}
+	if ps := e.points(t, a.ID); len(ps) != 1 {
+		t.Errorf("%d points, want 1", len(ps))
+	}
+}

@@ -155,7 +155,8 @@ type Service struct {
 	active    int        // scheduled runs started and not finished
 	writing   int        // history records of scheduler events being written
 	idle      *sync.Cond // on schedMu: signalled when active or writing drop
-	overrun   map[string]schedule.Reason
+	overrun   map[string]string // plan id -> what the window's close did to its run
+	waited    map[string]waitNote // plan id -> what its next run waited for
 	lastGC    time.Time
 	gcRunning bool
 }
@@ -246,7 +247,8 @@ func New(cfg Config) (*Service, error) {
 		plans:        cfg.Plans,
 		history:      &history{bucket: cfg.Repository.Bucket(), limit: cfg.HistoryLimit, log: cfg.Logger},
 		started:      map[string]bool{},
-		overrun:      map[string]schedule.Reason{},
+		overrun:      map[string]string{},
+		waited:       map[string]waitNote{},
 	}
 	s.idle = sync.NewCond(&s.schedMu)
 	if cfg.ReadBytesPerSec > 0 {
