@@ -152,10 +152,10 @@ type Service struct {
 	closed   bool
 
 	schedMu   sync.Mutex
-	active    int        // scheduled runs started and not finished
-	writing   int        // history records of scheduler events being written
-	idle      *sync.Cond // on schedMu: signalled when active or writing drop
-	overrun   map[string]string // plan id -> what the window's close did to its run
+	active    int                 // scheduled runs started and not finished
+	writing   int                 // history records of scheduler events being written
+	idle      *sync.Cond          // on schedMu: signalled when active or writing drop
+	overrun   map[string]string   // plan id -> what the window's close did to its run
 	waited    map[string]waitNote // plan id -> what its next run waited for
 	lastGC    time.Time
 	gcRunning bool
