@@ -22,8 +22,9 @@ import (
 // run that was not made (State JobSkipped). Records are JSON objects in the
 // repository's bucket:
 //
-//	history/plan/<plan id>/<inverted time>-<inverted sequence>-<record id>.json   jobs and skips of a plan
-//	history/jobs/<inverted time>-<inverted sequence>-<record id>.json             jobs of no plan (restores, ad-hoc backups)
+//	history/plan/<plan id>/<inverted time>-<inverted sequence>-<record id>.run.json   a job of a plan
+//	history/plan/<plan id>/<inverted time>-<inverted sequence>-<record id>.skip.json  a run of a plan not made
+//	history/jobs/<inverted time>-<inverted sequence>-<record id>.run.json             a job of no plan (restores, ad-hoc backups)
 //
 // The inverted creation time (math.MaxInt64 minus Unix nanoseconds, 19
 // digits) and sequence number (within the Service, 16 hex digits) make a
@@ -120,8 +121,20 @@ func (h *history) dir(planID string) string {
 // same instant (a fake clock's), newest first too.
 func (h *history) key(rec *JobRecord, seq uint64) string {
 	inv := math.MaxInt64 - rec.Created.UnixNano()
-	return fmt.Sprintf("%s%019d-%016x-%s.json", h.dir(rec.PlanID), inv, math.MaxUint64-seq, rec.ID)
+	ext := runExt
+	if rec.State == JobSkipped {
+		ext = skipExt
+	}
+	return fmt.Sprintf("%s%019d-%016x-%s%s", h.dir(rec.PlanID), inv, math.MaxUint64-seq, rec.ID, ext)
 }
+
+// The extensions of records of jobs and of skipped runs: a skipped run's
+// record is written once, skipped, so its key can say so, and the newest
+// run or skip is found without reading the records in between.
+const (
+	runExt  = ".run.json"
+	skipExt = ".skip.json"
+)
 
 // put writes rec and, once it is final, prunes the oldest records of its
 // plan beyond the limit. Failures are logged, not returned: a job's outcome
@@ -197,13 +210,17 @@ func (h *history) list(ctx context.Context, planID string, n int) ([]JobRecord, 
 	return recs, nil
 }
 
-// newest returns planID's newest record for which ok is true, nil if none.
-func (h *history) newest(ctx context.Context, planID string, ok func(*JobRecord) bool) (*JobRecord, error) {
+// newest returns planID's newest record of a skipped run (skipped) or of a
+// job (!skipped) for which ok is true, nil if none.
+func (h *history) newest(ctx context.Context, planID string, skipped bool, ok func(*JobRecord) bool) (*JobRecord, error) {
 	keys, err := h.keys(ctx, planID)
 	if err != nil {
 		return nil, err
 	}
 	for _, k := range keys {
+		if strings.HasSuffix(k, skipExt) != skipped {
+			continue
+		}
 		rec, err := h.read(ctx, k)
 		if err != nil {
 			return nil, err

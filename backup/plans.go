@@ -96,8 +96,10 @@ type PlanStatus struct {
 // StartPlans makes the Scheduler run every plan of Config.Plans by itself,
 // each according to its State, and catches up (once) on runs missed since
 // the plan's last run in the history. Call it again to pick up plans that
-// other processes changed; plans changed through PutPlan, DeletePlan and
-// RemoveVM are rescheduled at once. Close stops the scheduling.
+// other processes changed; plans changed through PutPlan, SetPlanState,
+// DeletePlan and RemoveVM are rescheduled at once. Close stops the
+// scheduling. Start plans in one process per repository: two Services that
+// both start a plan both run it.
 func (s *Service) StartPlans(ctx context.Context) error {
 	s.plansMu.Lock()
 	defer s.plansMu.Unlock()
@@ -149,7 +151,7 @@ func (s *Service) schedulePlanLocked(ctx context.Context, p plan.Plan) error {
 	var lastRun time.Time
 	if !s.started[p.ID] {
 		// First start in this process: look up the last run for catch-up.
-		rec, err := s.history.newest(ctx, p.ID, func(r *JobRecord) bool { return !r.Due.IsZero() && r.State != JobSkipped })
+		rec, err := s.history.newest(ctx, p.ID, false, func(r *JobRecord) bool { return !r.Due.IsZero() })
 		if err != nil {
 			return fmt.Errorf("plan %q: last run: %w", p.ID, err)
 		}
@@ -526,10 +528,10 @@ func (s *Service) PlanStatus(ctx context.Context, id string) (*PlanStatus, error
 		}
 	}
 	s.waitWrites()
-	if st.LastRun, err = s.history.newest(ctx, id, func(r *JobRecord) bool { return r.State != JobSkipped }); err != nil {
+	if st.LastRun, err = s.history.newest(ctx, id, false, func(*JobRecord) bool { return true }); err != nil {
 		return nil, fmt.Errorf("backup: status of plan %q: %w", id, err)
 	}
-	if st.LastSkip, err = s.history.newest(ctx, id, func(r *JobRecord) bool { return r.State == JobSkipped }); err != nil {
+	if st.LastSkip, err = s.history.newest(ctx, id, true, func(*JobRecord) bool { return true }); err != nil {
 		return nil, fmt.Errorf("backup: status of plan %q: %w", id, err)
 	}
 	ms, err := s.repo.ListPoints(ctx, repository.Filter{PlanID: id})

@@ -98,7 +98,9 @@ type Config struct {
 	MaxRestoreJobs int
 
 	// Plans keeps the backup plans; nil means a plan.BlobStore in the
-	// repository's bucket (under plan.DefaultPrefix).
+	// repository's bucket (under plan.DefaultPrefix). The Service writes
+	// every plan's restore points into Repository: a plan's Repository
+	// field tells people and other tools where, and is not opened.
 	Plans plan.Store
 	// Scheduler fires the plans' runs once StartPlans is called. nil means
 	// a schedule.Local on Clock made by the Service, limited to
