@@ -149,7 +149,7 @@ func (s *Service) schedulePlanLocked(ctx context.Context, p plan.Plan) error {
 		return nil
 	}
 	var lastRun time.Time
-	if !s.started[p.ID] {
+	if _, ok := s.started[p.ID]; !ok {
 		// First start in this process: look up the last run for catch-up.
 		rec, err := s.history.newest(ctx, p.ID, false, func(r *JobRecord) bool { return !r.Due.IsZero() })
 		if err != nil {
@@ -165,7 +165,7 @@ func (s *Service) schedulePlanLocked(ctx context.Context, p plan.Plan) error {
 	if p.State == plan.Stopped {
 		delete(s.started, p.ID)
 	} else {
-		s.started[p.ID] = true
+		s.started[p.ID] = p.Version
 	}
 	return nil
 }
@@ -329,18 +329,36 @@ func (s *Service) scheduledRun(ctx context.Context, r schedule.Run) error {
 		delete(s.waited, r.PlanID)
 	}
 	s.schedMu.Unlock()
+	skip := func(why string) {
+		job := s.newJob(KindBackup, r.PlanID, false)
+		job.run, job.State = run, JobSkipped
+		run.addReason(why)
+		s.record(job)
+	}
 	p, err := s.plans.Get(ctx, r.PlanID)
 	if err != nil {
-		job := s.newJob(KindBackup, r.PlanID, false)
-		job.run = run
 		if errors.Is(err, plan.ErrNotFound) {
-			run.addReason("the plan was deleted")
-		} else {
-			run.addReason("the plan could not be read: " + err.Error())
+			skip("the plan was deleted")
+			s.plansMu.Lock()
+			s.unscheduleLocked(r.PlanID)
+			s.plansMu.Unlock()
+			return nil
 		}
-		job.State = JobSkipped
-		s.record(job)
+		skip("the plan could not be read: " + err.Error())
 		return err
+	}
+	// Another process may have changed the plan: follow its new timing
+	// and state from now on.
+	s.plansMu.Lock()
+	if v, ok := s.started[p.ID]; ok && v != p.Version && !s.closed {
+		if err := s.schedulePlanLocked(ctx, p); err != nil {
+			s.log.Warn("reschedule changed plan", "plan", p.ID, "err", err)
+		}
+	}
+	s.plansMu.Unlock()
+	if p.State != plan.Enabled && p.State != "" {
+		skip(fmt.Sprintf("the plan is %s", p.State))
+		return nil
 	}
 	_, err = s.runPlan(ctx, p, run, false)
 	return err
@@ -520,7 +538,8 @@ func (s *Service) PlanStatus(ctx context.Context, id string) (*PlanStatus, error
 	}
 	st := &PlanStatus{Plan: p}
 	s.plansMu.Lock()
-	sched, started := s.sched, s.started[id]
+	sched := s.sched
+	_, started := s.started[id]
 	s.plansMu.Unlock()
 	if started {
 		if ss, err := sched.Status(id); err == nil {

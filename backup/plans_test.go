@@ -620,3 +620,67 @@ func TestOutsideWindowWaits(t *testing.T) {
 		t.Errorf("%d points, want 1", len(ps))
 	}
 }
+
+// TestPlanChangedElsewhere changes a started plan through another Store
+// (as another process would) and checks that the Service follows the new
+// timing and state from its next run on.
+func TestPlanChangedElsewhere(t *testing.T) {
+	ctx := context.Background()
+	clock := schedule.NewFakeClock(monday.Add(10*time.Hour + 30*time.Minute))
+	e := newEnv(t, "file", nil, backup.Config{Clock: clock})
+	a := e.addLabelledVM(t, "a", nil, 1)
+	p := nightly(a.ID)
+	p.Objects.Selectors = nil
+	p.Incremental = schedule.Schedule{Kind: schedule.KindHours, Every: 1}
+	p.Full, p.Window, p.OutsideWindow, p.Overrun = nil, nil, "", ""
+	if _, err := e.svc.PutPlan(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.StartPlans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer e.svc.Close(ctx)
+	other := plan.NewBlobStore(e.repo.Bucket(), &plan.BlobStoreOptions{LocalDir: e.repo.LocalDir()})
+	change := func(f func(*plan.Plan)) {
+		t.Helper()
+		q, err := other.Get(ctx, p.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f(&q)
+		if _, err := other.Put(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	clock.Advance(time.Hour) // 11:00 runs
+	e.waitIdle(t)
+	change(func(q *plan.Plan) { q.Incremental.Every = 2 })
+	clock.Advance(time.Hour) // 12:00 runs on the old timing and picks up the new one
+	e.waitIdle(t)
+	clock.Advance(time.Hour) // 13:00 is no longer due
+	e.waitIdle(t)
+	change(func(q *plan.Plan) { q.State = plan.Paused })
+	clock.Advance(90 * time.Minute) // 14:00 finds the plan paused
+	e.waitIdle(t)
+	clock.Advance(2 * time.Hour) // 16:00 is skipped as paused
+	e.waitIdle(t)
+
+	recs, err := e.svc.History(ctx, p.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range slices.Backward(recs) {
+		got = append(got, fmt.Sprintf("%s %s %s", r.Due.Format("15:04"), r.State, r.Reason))
+	}
+	want := []string{
+		"11:00 succeeded ",
+		"12:00 succeeded ",
+		"14:00 skipped the plan is paused",
+		"16:00 skipped " + string(schedule.ReasonPaused),
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("history (-want +got):\n%s", diff)
+	}
+}

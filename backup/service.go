@@ -150,7 +150,7 @@ type Service struct {
 	plansMu  sync.Mutex
 	sched    schedule.Scheduler // nil until StartPlans
 	ownSched bool               // made by the Service: closed by Close
-	started  map[string]bool    // plans handed to sched
+	started  map[string]int64   // plans handed to sched -> their version then
 	closed   bool
 
 	schedMu   sync.Mutex
@@ -248,7 +248,7 @@ func New(cfg Config) (*Service, error) {
 		restoreSlots: semaphore.NewWeighted(int64(cfg.MaxRestoreJobs)),
 		plans:        cfg.Plans,
 		history:      &history{bucket: cfg.Repository.Bucket(), limit: cfg.HistoryLimit, log: cfg.Logger},
-		started:      map[string]bool{},
+		started:      map[string]int64{},
 		overrun:      map[string]string{},
 		waited:       map[string]waitNote{},
 	}
