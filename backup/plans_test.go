@@ -51,6 +51,20 @@ func (e *env) waitIdle(t *testing.T) {
 	}
 }
 
+// history returns the plan's records, newest first, each as line makes it.
+func (e *env) history(t *testing.T, planID string, line func(backup.JobRecord) string) []string {
+	t.Helper()
+	recs, err := e.svc.History(context.Background(), planID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, r := range recs {
+		lines = append(lines, line(r))
+	}
+	return lines
+}
+
 // eventually polls cond until it holds, for states no event announces
 // (a goroutine blocked inside an injected fault).
 func eventually(t *testing.T, what string, cond func() bool) {
@@ -60,6 +74,29 @@ func eventually(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 	}
+}
+
+// startPlan stores p and starts the Service's plans; the Service is closed
+// when the test ends.
+func (e *env) startPlan(t *testing.T, p plan.Plan) {
+	t.Helper()
+	if _, err := e.svc.PutPlan(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.StartPlans(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	svc := e.svc
+	t.Cleanup(func() { svc.Close(context.Background()) })
+}
+
+// hourly is a plan of the VMs vmIDs every hour, with no window.
+func hourly(vmIDs ...string) plan.Plan {
+	p := nightly(vmIDs...)
+	p.Objects.Selectors = nil
+	p.Incremental = schedule.Schedule{Kind: schedule.KindHours, Every: 1}
+	p.Full, p.Window, p.OutsideWindow, p.Overrun = nil, nil, "", ""
+	return p
 }
 
 // nightly is a plan every 2 hours, full at 00:00, inside 20:00–06:00 with
@@ -92,13 +129,7 @@ func TestPlanOverDays(t *testing.T) {
 	a := e.addLabelledVM(t, "a", nil, 1)
 	b := e.addLabelledVM(t, "b", map[string]string{"tier": "gold"}, 2)
 	e.addLabelledVM(t, "c", map[string]string{"tier": "bronze"}, 3) // in no plan
-	if _, err := e.svc.PutPlan(ctx, nightly(a.ID)); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.svc.StartPlans(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.svc.Close(context.Background()) })
+	e.startPlan(t, nightly(a.ID))
 
 	lastWrite := monday.AddDate(0, 0, 3).Add(3 * time.Hour) // Thu 03:00
 	for end := monday.AddDate(0, 0, 3).Add(11 * time.Hour); clock.Now().Before(end); {
@@ -203,13 +234,7 @@ func TestOverrunStop(t *testing.T) {
 	p.Incremental = schedule.Schedule{Kind: schedule.KindDays, Every: 1, Times: []string{"22:30"}}
 	p.Full = nil
 	p.Window.Ranges[0].Start, p.Window.Ranges[0].End = "22:00", "23:00"
-	if _, err := e.svc.PutPlan(ctx, p); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.svc.StartPlans(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer e.svc.Close(ctx)
+	e.startPlan(t, p)
 
 	e.hv.Inject(fake.Fault{Op: fake.OpOpenDisk, VMID: a.ID, Delay: 100 * time.Hour})
 	clock.Advance(90 * time.Minute) // 22:30: the run starts and hangs in OpenDisk
@@ -261,16 +286,8 @@ func TestMissedRunsCatchUp(t *testing.T) {
 	clock := schedule.NewFakeClock(monday.Add(10*time.Hour + 30*time.Minute))
 	e := newEnv(t, "mem", nil, backup.Config{Clock: clock})
 	a := e.addLabelledVM(t, "a", nil, 1)
-	p := nightly(a.ID)
-	p.Objects.Selectors = nil
-	p.Incremental = schedule.Schedule{Kind: schedule.KindHours, Every: 1}
-	p.Full, p.Window, p.OutsideWindow, p.Overrun = nil, nil, "", ""
-	if _, err := e.svc.PutPlan(ctx, p); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.svc.StartPlans(ctx); err != nil {
-		t.Fatal(err)
-	}
+	p := hourly(a.ID)
+	e.startPlan(t, p)
 	clock.Advance(time.Hour) // 11:00 runs, 11:30
 	e.waitIdle(t)
 	if err := e.svc.Close(ctx); err != nil {
@@ -289,14 +306,9 @@ func TestMissedRunsCatchUp(t *testing.T) {
 	defer svc.Close(ctx)
 	e.waitIdle(t)
 
-	recs, err := svc.History(ctx, p.ID, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, r := range recs {
-		got = append(got, fmt.Sprintf("%s due %s catch-up=%v %s", r.State, r.Due.Format("15:04"), r.CatchUp, r.Reason))
-	}
+	got := e.history(t, p.ID, func(r backup.JobRecord) string {
+		return fmt.Sprintf("%s due %s catch-up=%v %s", r.State, r.Due.Format("15:04"), r.CatchUp, r.Reason)
+	})
 	want := []string{
 		"succeeded due 15:00 catch-up=true ",
 		"skipped due 15:00 catch-up=false missed while the service was not running: 4 runs due from 2027-03-08T12:00:00Z to 2027-03-08T15:00:00Z",
@@ -481,14 +493,7 @@ func TestHistoryPruned(t *testing.T) {
 		}
 		jobs = append(jobs, job.ID)
 	}
-	recs, err := e.svc.History(ctx, p.ID, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, r := range recs {
-		got = append(got, r.ID)
-	}
+	got := e.history(t, p.ID, func(r backup.JobRecord) string { return r.ID })
 	if want := []string{jobs[4], jobs[3], jobs[2]}; !cmp.Equal(want, got) {
 		t.Errorf("history %v, want the newest 3 jobs %v", got, want)
 	}
@@ -576,7 +581,6 @@ func TestRestoreJobsRecorded(t *testing.T) {
 // TestOutsideWindowWaits checks that a run due before its window opens
 // waits for it and that its record says so.
 func TestOutsideWindowWaits(t *testing.T) {
-	ctx := context.Background()
 	clock := schedule.NewFakeClock(monday.Add(20 * time.Hour))
 	e := newEnv(t, "mem", nil, backup.Config{Clock: clock})
 	a := e.addLabelledVM(t, "a", nil, 1)
@@ -586,13 +590,7 @@ func TestOutsideWindowWaits(t *testing.T) {
 	p.Full = nil
 	p.Window.Ranges[0].Start, p.Window.Ranges[0].End = "22:00", "23:00"
 	p.OutsideWindow = schedule.OutsideWait
-	if _, err := e.svc.PutPlan(ctx, p); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.svc.StartPlans(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer e.svc.Close(ctx)
+	e.startPlan(t, p)
 	clock.Advance(time.Hour) // 21:00 is due and waits
 	e.waitIdle(t)
 	if ps := e.points(t, a.ID); len(ps) != 0 {
@@ -600,14 +598,9 @@ func TestOutsideWindowWaits(t *testing.T) {
 	}
 	clock.Advance(time.Hour) // 22:00: the window opens
 	e.waitIdle(t)
-	recs, err := e.svc.History(ctx, p.ID, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, r := range recs {
-		got = append(got, fmt.Sprintf("%s due %s started %s: %s", r.State, r.Due.Format("15:04"), r.Started.Format("15:04"), r.Reason))
-	}
+	got := e.history(t, p.ID, func(r backup.JobRecord) string {
+		return fmt.Sprintf("%s due %s started %s: %s", r.State, r.Due.Format("15:04"), r.Started.Format("15:04"), r.Reason)
+	})
 	slices.Sort(got)
 	want := []string{
 		"skipped due 22:00 started 00:00: " + string(schedule.ReasonBusy),
@@ -629,17 +622,8 @@ func TestPlanChangedElsewhere(t *testing.T) {
 	clock := schedule.NewFakeClock(monday.Add(10*time.Hour + 30*time.Minute))
 	e := newEnv(t, "file", nil, backup.Config{Clock: clock})
 	a := e.addLabelledVM(t, "a", nil, 1)
-	p := nightly(a.ID)
-	p.Objects.Selectors = nil
-	p.Incremental = schedule.Schedule{Kind: schedule.KindHours, Every: 1}
-	p.Full, p.Window, p.OutsideWindow, p.Overrun = nil, nil, "", ""
-	if _, err := e.svc.PutPlan(ctx, p); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.svc.StartPlans(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer e.svc.Close(ctx)
+	p := hourly(a.ID)
+	e.startPlan(t, p)
 	other := plan.NewBlobStore(e.repo.Bucket(), &plan.BlobStoreOptions{LocalDir: e.repo.LocalDir()})
 	change := func(f func(*plan.Plan)) {
 		t.Helper()
@@ -666,14 +650,10 @@ func TestPlanChangedElsewhere(t *testing.T) {
 	clock.Advance(2 * time.Hour) // 16:00 is skipped as paused
 	e.waitIdle(t)
 
-	recs, err := e.svc.History(ctx, p.ID, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, r := range slices.Backward(recs) {
-		got = append(got, fmt.Sprintf("%s %s %s", r.Due.Format("15:04"), r.State, r.Reason))
-	}
+	got := e.history(t, p.ID, func(r backup.JobRecord) string {
+		return fmt.Sprintf("%s %s %s", r.Due.Format("15:04"), r.State, r.Reason)
+	})
+	slices.Reverse(got)
 	want := []string{
 		"11:00 succeeded ",
 		"12:00 succeeded ",
