@@ -56,6 +56,7 @@ func Run(t *testing.T, mk MakeBucket) {
 		{"Stats", testStats},
 		{"Cancel", testCancel},
 		{"SetCodec", testSetCodec},
+		{"Recompress", testRecompress},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, mk) })
