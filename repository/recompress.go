@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 
 	"gocloud.dev/blob"
@@ -21,6 +22,10 @@ type RecompressOptions struct {
 	// Points limits the work to the chunks of these restore points (ids);
 	// nil means every chunk in the repository.
 	Points []string
+	// Exclude skips the chunks that these restore points also reference:
+	// given the point each VM had before a backup window, only the chunks
+	// the window's points added are looked at. Only used with Points.
+	Exclude []string
 	// DryRun encodes but writes nothing; the report says what would change.
 	DryRun bool
 }
@@ -71,19 +76,19 @@ func (r *Repository) Recompress(ctx context.Context, opts *RecompressOptions) (*
 	}
 	var ids []ChunkID
 	if o.Points != nil {
-		ms := make([]*Manifest, 0, len(o.Points))
-		for _, id := range o.Points {
-			m, err := r.Point(ctx, id)
+		if ids, err = r.chunksOf(ctx, o.Points); err != nil {
+			return nil, fmt.Errorf("recompress: %w", err)
+		}
+		if len(o.Exclude) > 0 {
+			old, err := r.chunksOf(ctx, o.Exclude)
 			if err != nil {
 				return nil, fmt.Errorf("recompress: %w", err)
 			}
-			ms = append(ms, m)
+			ids = slices.DeleteFunc(ids, func(id ChunkID) bool {
+				_, found := slices.BinarySearchFunc(old, id, compareIDs)
+				return found
+			})
 		}
-		refs, err := r.collectRefs(ctx, ms, nil, false)
-		if err != nil {
-			return nil, fmt.Errorf("recompress: %w", err)
-		}
-		ids = refs.chunks.ids[:refs.chunks.len()]
 	} else if ids, err = r.listChunkIDs(ctx); err != nil {
 		return nil, fmt.Errorf("recompress: %w", err)
 	}
@@ -174,6 +179,24 @@ func (r *Repository) firstByte(ctx context.Context, key string) (byte, error) {
 		return 0, objectError("read", key, err)
 	}
 	return b[0], nil
+}
+
+// chunksOf returns the distinct chunk ids the points reference, sorted.
+func (r *Repository) chunksOf(ctx context.Context, pointIDs []string) ([]ChunkID, error) {
+	ms := make([]*Manifest, 0, len(pointIDs))
+	for _, id := range pointIDs {
+		m, err := r.Point(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		ms = append(ms, m)
+	}
+	refs, err := r.collectRefs(ctx, ms, nil, false)
+	if err != nil {
+		return nil, err
+	}
+	refs.chunks.compact()
+	return refs.chunks.ids, nil
 }
 
 // listChunkIDs lists the ids of every stored chunk.

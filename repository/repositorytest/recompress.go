@@ -70,7 +70,12 @@ func testRecompress(t *testing.T, mk MakeBucket) {
 		t.Errorf("a dry run changed chunks: %v", after)
 	}
 
-	rep, err := r.Recompress(ctx, &repository.RecompressOptions{Points: []string{ma.ID}})
+	// A point that shares every chunk with an excluded one has nothing new.
+	mc := commitPoint(t, r, "c", nil, map[string][]byte{"d": a[:3*cs]})
+	if none, err := r.Recompress(ctx, &repository.RecompressOptions{Points: []string{mc.ID}, Exclude: []string{ma.ID}, DryRun: true}); err != nil || none.Chunks != 0 {
+		t.Errorf("recompress of a point excluding one with all its chunks: %+v, %v; want no chunk looked at", none, err)
+	}
+	rep, err := r.Recompress(ctx, &repository.RecompressOptions{Points: []string{ma.ID}, Exclude: []string{mb.ID}})
 	if err != nil {
 		t.Fatal(err)
 	}
