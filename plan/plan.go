@@ -182,6 +182,13 @@ type Compression struct {
 	Enabled bool `json:"enabled"`
 	// Codec is a name from compress.Names(); "" means compress.Default.
 	Codec string `json:"codec,omitempty"`
+	// RecompressTo, if set, names a stronger codec that the chunks a
+	// window's runs stored with a fast Codec (s2) are rewritten into once
+	// the window closes (right after each run when the plan has no
+	// window): backups inside the window go at the fast codec's speed and
+	// the repository ends up the strong codec's size. Chunk ids do not
+	// change, so deduplication and restore points are unaffected.
+	RecompressTo string `json:"recompressTo,omitempty"`
 }
 
 // CodecName is the codec the plan stores chunks with: "none" when
@@ -419,6 +426,15 @@ func (p *Plan) Validate() error {
 
 	if c := p.Compression.Codec; c != "" && !slices.Contains(compress.Names(), c) {
 		add("compression.codec", "%q is unknown, must be one of %s", c, strings.Join(compress.Names(), ", "))
+	}
+	switch c := p.Compression.RecompressTo; {
+	case c == "":
+	case !slices.Contains(compress.Names(), c):
+		add("compression.recompressTo", "%q is unknown, must be one of %s", c, strings.Join(compress.Names(), ", "))
+	case !p.Compression.Enabled:
+		add("compression.recompressTo", "is set but compression is disabled")
+	case c == p.Compression.CodecName():
+		add("compression.recompressTo", "is %q, the codec chunks are stored with already", c)
 	}
 
 	switch p.Consistency.Mode {

@@ -32,7 +32,7 @@ func valid() Plan {
 		OutsideWindow: schedule.OutsideSkip,
 		Overrun:       schedule.OverrunContinue,
 		Retention:     Retention{KeepLast: 7, KeepWithin: Duration(36 * time.Hour), Daily: 7, Weekly: 4, Monthly: 12, Yearly: 3, ForgetManual: true},
-		Compression:   Compression{Enabled: true, Codec: "zstd-better"},
+		Compression:   Compression{Enabled: true, Codec: "s2", RecompressTo: "zstd-better"},
 		Consistency:   Consistency{Mode: ApplicationConsistent, FallbackToCrash: true},
 		Limits:        Limits{ParallelVMs: 3, Retries: 2, RetryInterval: Duration(90 * time.Second)},
 		State:         Paused,
@@ -118,6 +118,12 @@ func TestValidate(t *testing.T) {
 		{"retention forever and count", func(p *Plan) { p.Retention = Retention{KeepForever: true, KeepLast: 3} }, []string{"retention.keepForever: cannot be combined with other rules"}},
 		{"unknown codec", func(p *Plan) { p.Compression.Codec = "lz4" }, []string{
 			`compression.codec: "lz4" is unknown, must be one of none, zstd-fastest, zstd, zstd-better, s2, s2-better`}},
+		{"unknown recompress codec", func(p *Plan) { p.Compression.RecompressTo = "lz4" }, []string{
+			`compression.recompressTo: "lz4" is unknown, must be one of none, zstd-fastest, zstd, zstd-better, s2, s2-better`}},
+		{"recompress without compression", func(p *Plan) { p.Compression = Compression{RecompressTo: "zstd"} }, []string{
+			"compression.recompressTo: is set but compression is disabled"}},
+		{"recompress to the same codec", func(p *Plan) { p.Compression = Compression{Enabled: true, RecompressTo: "zstd"} }, []string{
+			`compression.recompressTo: is "zstd", the codec chunks are stored with already`}},
 		{"unknown consistency", func(p *Plan) { p.Consistency.Mode = "fs" }, []string{
 			`consistency.mode: "fs" is unknown, must be crash or application`, "consistency.fallbackToCrash: only applies to mode application"}},
 		{"limits", func(p *Plan) { p.Limits = Limits{ParallelVMs: 65, Retries: 11, RetryInterval: Duration(-time.Second)} }, []string{
