@@ -16,6 +16,7 @@ import (
 	"gocloud.dev/gcerrors"
 
 	"github.com/vmbackup/vmbackup/hypervisor"
+	"github.com/vmbackup/vmbackup/repository"
 )
 
 // JobRecord is the job history's account of one job, or of one scheduled
@@ -56,6 +57,9 @@ type JobRecord struct {
 	Error string `json:"error,omitempty"`
 	// Retention is what the plan's retention did after the run.
 	Retention *RetentionReport `json:"retention,omitempty"`
+	// Recompress is what recompressing the run's chunks did (a run of a
+	// plan without a window, or a recompress job after the window).
+	Recompress *repository.RecompressReport `json:"recompress,omitempty"`
 }
 
 // VMRecord is a VMResult as the history keeps it.
@@ -268,7 +272,7 @@ func (s *Service) record(job *Job) {
 		Created: job.created, Started: job.Started, Finished: job.Finished,
 	}
 	if run := job.run; run != nil {
-		rec.Due, rec.Full, rec.CatchUp, rec.Reason, rec.Retention = run.due, run.full, run.catchUp, run.reason, run.retention
+		rec.Due, rec.Full, rec.CatchUp, rec.Reason, rec.Retention, rec.Recompress = run.due, run.full, run.catchUp, run.reason, run.retention, run.recompress
 	}
 	for i := range job.VMs {
 		rec.VMs = append(rec.VMs, vmRecord(&job.VMs[i]))

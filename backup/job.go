@@ -15,6 +15,9 @@ const (
 	KindBackup         JobKind = "backup"
 	KindRestoreInPlace JobKind = "restore-in-place"
 	KindRebuild        JobKind = "rebuild"
+	// KindRecompress rewrites the chunks a plan's window stored with a
+	// fast codec (plan.Compression.RecompressTo); history only.
+	KindRecompress JobKind = "recompress"
 )
 
 // JobState is the overall state of a job.

@@ -16,11 +16,12 @@ import (
 
 // planRun is what a run of a plan adds to its job and history record.
 type planRun struct {
-	due       time.Time
-	full      bool
-	catchUp   bool
-	reason    string
-	retention *RetentionReport
+	due        time.Time
+	full       bool
+	catchUp    bool
+	reason     string
+	retention  *RetentionReport
+	recompress *repository.RecompressReport
 }
 
 // waitNote is what a run due at due waited for before it started.
@@ -420,10 +421,11 @@ func (s *Service) runPlan(ctx context.Context, p plan.Plan, run *planRun, manual
 	case overrun != "":
 		run.addReason(overrun)
 	}
-	var backedUp []string
+	var backedUp, points []string
 	for _, r := range job.VMs {
 		if r.State == VMSucceeded {
 			backedUp = append(backedUp, r.VMID)
+			points = append(points, r.PointID)
 		}
 	}
 	if len(backedUp) > 0 && ctx.Err() == nil {
@@ -432,6 +434,7 @@ func (s *Service) runPlan(ctx context.Context, p plan.Plan, run *planRun, manual
 			rep = &RetentionReport{Errors: []string{err.Error()}}
 		}
 		run.retention = rep
+		run.recompress = s.queueRecompress(ctx, p, points)
 	}
 	if run.reason != "" || run.retention != nil {
 		s.record(job) // the record runJob wrote, with the run's outcome
@@ -653,9 +656,19 @@ func (s *Service) waitWrites() {
 
 // Close stops the plans' scheduling (closing the Scheduler the Service
 // made, which waits for runs in progress, or cancels them when ctx ends
-// first) and waits for history records being written. Jobs asked for by
+// first) and waits for recompressions and history records being written.
+// Recompressions still waiting for their window to close are dropped (their
+// chunks stay in the fast codec; Service.Recompress catches up). Jobs asked for by
 // direct calls are not affected; the Repository is not closed.
 func (s *Service) Close(ctx context.Context) error {
+	s.schedMu.Lock()
+	s.stopping = true
+	for id, q := range s.recompressQ {
+		q.timer.Stop()
+		s.log.Warn("closed before the window's recompression", "plan", id, "points", len(q.points))
+	}
+	clear(s.recompressQ)
+	s.schedMu.Unlock()
 	s.plansMu.Lock()
 	s.closed = true
 	sched, own := s.sched, s.ownSched
@@ -669,6 +682,10 @@ func (s *Service) Close(ctx context.Context) error {
 	if sched != nil && own {
 		err = sched.Close(ctx)
 	}
-	s.waitWrites()
+	s.schedMu.Lock()
+	for s.recompressing > 0 || s.writing > 0 {
+		s.idle.Wait()
+	}
+	s.schedMu.Unlock()
 	return err
 }

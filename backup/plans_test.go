@@ -664,3 +664,90 @@ func TestPlanChangedElsewhere(t *testing.T) {
 		t.Errorf("history (-want +got):\n%s", diff)
 	}
 }
+
+// chunkTags counts the repository's chunks by codec tag (0 raw, 1 zstd, 2 s2).
+func (e *env) chunkTags(t *testing.T) map[byte]int {
+	t.Helper()
+	tags := map[byte]int{}
+	for _, k := range listKeys(t, e.repo.Bucket(), "chunks/") {
+		data, err := e.repo.Bucket().ReadAll(context.Background(), k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tags[data[0]]++
+	}
+	return tags
+}
+
+// TestRecompressAfterWindow stores a window's backups with s2 and checks
+// that the window's close rewrites them into zstd, smaller, with every
+// point still restoring byte for byte; and that a plan without a window
+// recompresses right after its run.
+func TestRecompressAfterWindow(t *testing.T) {
+	ctx := context.Background()
+	clock := schedule.NewFakeClock(monday.Add(21*time.Hour + 30*time.Minute))
+	e := newEnv(t, "file", nil, backup.Config{Clock: clock})
+	a := e.addLabelledVM(t, "a", nil, 1)
+	p := hourly(a.ID)
+	p.Window = &schedule.Window{Ranges: []schedule.Range{{Weekdays: everyDay, Start: "22:00", End: "01:00"}}}
+	p.OutsideWindow = schedule.OutsideSkip
+	p.Compression = plan.Compression{Enabled: true, Codec: "s2", RecompressTo: "zstd"}
+	p.Retention = plan.Retention{KeepLast: 10}
+	e.startPlan(t, p)
+
+	for i := range 3 { // 22:00, 23:00 and 00:00 run inside the window
+		clock.Advance(time.Hour)
+		e.waitIdle(t)
+		if i < 2 {
+			e.mutate(t, a, 0.05, int64(i), false)
+		}
+	}
+	before := e.chunkTags(t)
+	if before[2] == 0 {
+		t.Fatalf("chunk tags %v inside the window: want chunks stored with s2", before)
+	}
+	want := e.contents(t, a)
+	clock.Advance(time.Hour) // 01:00: the window closes
+	e.waitIdle(t)
+
+	if after := e.chunkTags(t); after[2] != 0 || after[1] == 0 {
+		t.Errorf("chunk tags %v after the window, were %v: want every s2 chunk in zstd", after, before)
+	}
+	recs, err := e.svc.History(ctx, p.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(recs, func(r backup.JobRecord) bool { return r.Kind == backup.KindRecompress })
+	if i < 0 {
+		t.Fatalf("no recompress job in the history: %+v", recs)
+	}
+	if r := recs[i]; r.State != backup.JobSucceeded || r.Recompress == nil ||
+		r.Recompress.Rewritten != before[2] || r.Recompress.BytesAfter >= r.Recompress.BytesBefore {
+		t.Errorf("recompress job %+v (report %+v), want succeeded, the %d s2 chunks rewritten smaller", r, r.Recompress, before[2])
+	}
+	ps := e.points(t, a.ID)
+	if len(ps) != 3 {
+		t.Fatalf("%d points, want 3", len(ps))
+	}
+	_, disks := e.rebuilt(t, ps[0], "a-restored")
+	sameDisks(t, "newest point after recompression", disks, want)
+
+	// Without a window, a run recompresses what it stored.
+	e2 := newEnv(t, "mem", nil, backup.Config{Clock: clock})
+	b := e2.addLabelledVM(t, "b", nil, 2)
+	q := hourly(b.ID)
+	q.Compression = p.Compression
+	if _, err := e2.svc.PutPlan(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e2.svc.RunPlan(ctx, q.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	recs, err = e2.svc.History(ctx, q.ID, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tags := e2.chunkTags(t); tags[2] != 0 || recs[0].Recompress == nil || recs[0].Recompress.Rewritten == 0 {
+		t.Errorf("run without a window: chunk tags %v, record's recompress %+v; want no s2 chunk left", tags, recs[0].Recompress)
+	}
+}

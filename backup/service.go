@@ -161,6 +161,11 @@ type Service struct {
 	waited    map[string]waitNote // plan id -> what its next run waited for
 	lastGC    time.Time
 	gcRunning bool
+	// recompressQ holds, per plan, what its window's close will
+	// recompress (recompress.go); stopping is set by Close.
+	recompressQ   map[string]*recompressQueue
+	recompressing int // recompress jobs going
+	stopping      bool
 }
 
 // New validates cfg, fills in defaults and returns a Service. An invalid
@@ -251,6 +256,7 @@ func New(cfg Config) (*Service, error) {
 		started:      map[string]int64{},
 		overrun:      map[string]string{},
 		waited:       map[string]waitNote{},
+		recompressQ:  map[string]*recompressQueue{},
 	}
 	s.idle = sync.NewCond(&s.schedMu)
 	if cfg.ReadBytesPerSec > 0 {
