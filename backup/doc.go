@@ -77,7 +77,11 @@
 //  3. backs them up as one job with the plan's consistency, codec and limits
 //     (full if the Scheduler says the run is full);
 //  4. applies the plan's retention to the points of the VMs it backed up,
-//     and starts garbage collection at most every Config.GCInterval.
+//     and starts garbage collection at most every Config.GCInterval;
+//  5. with Compression.RecompressTo, queues the chunks the run added for
+//     rewriting into that codec when the window closes: backups in the
+//     window run at a fast codec's speed (s2), and the repository ends up
+//     the strong codec's size (repository.Recompress).
 //
 // A run that the window's close stops (overrun policy stop) is cancelled
 // like any job: its snapshots are released, no restore point is written,

@@ -66,7 +66,7 @@ func nightly(webID string) plan.Plan {
 		OutsideWindow: schedule.OutsideSkip,
 		Overrun:       schedule.OverrunStop,
 		Retention:     plan.Retention{KeepLast: 8, Daily: 3},
-		Compression:   plan.Compression{Enabled: true, Codec: "zstd"},
+		Compression:   plan.Compression{Enabled: true, Codec: "s2", RecompressTo: "zstd"}, // fast in the window, small after it
 		Limits:        plan.Limits{ParallelVMs: 2, Retries: 1},
 	}
 }
@@ -119,7 +119,7 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer svc.Close(context.WithoutCancel(ctx))
-	fmt.Printf("plan %q: every 15 minutes in 22:00–02:00, full at 00:00, keep the last 8 and 3 daily; VMs web (by id) and db (tier=gold), not test\n\n", p.ID)
+	fmt.Printf("plan %q: every 15 minutes in 22:00–02:00, full at 00:00, keep the last 8 and 3 daily, s2 in the window and zstd after it; VMs web (by id) and db (tier=gold), not test\n\n", p.ID)
 
 	out := &printer{svc: svc, plan: p.ID, names: map[string]string{}}
 	for _, vm := range vms {
@@ -224,6 +224,10 @@ func (o *printer) flushSkips() {
 }
 
 func (o *printer) printRun(r backup.JobRecord) {
+	if rc := r.Recompress; r.Kind == backup.KindRecompress && rc != nil {
+		fmt.Printf("%s  window closed: recompressed %d chunks from %s to %s\n", day(r.Started), rc.Rewritten, demo.Bytes(rc.BytesBefore), demo.Bytes(rc.BytesAfter))
+		return
+	}
 	kind := "run"
 	if r.Full {
 		kind = "full run"
