@@ -502,53 +502,74 @@ func TestHistoryPruned(t *testing.T) {
 	}
 }
 
-// TestMaxBackupJobs checks that a second backup job waits, pending, while
-// the only slot is taken, and runs once it is free.
-func TestMaxBackupJobs(t *testing.T) {
-	ctx := context.Background()
-	e := newEnv(t, "mem", nil, backup.Config{MaxBackupJobs: 1})
-	a := e.addLabelledVM(t, "a", nil, 1)
-	b := e.addLabelledVM(t, "b", nil, 2)
-	var order []string
-	unsub := e.svc.Subscribe(func(ev backup.Event) {
-		if ev.Type == backup.EventJobStarted || ev.Type == backup.EventJobFinished {
-			order = append(order, fmt.Sprintf("%s %s", ev.Type, ev.Job.ID))
-		}
-	})
-	defer unsub()
+// TestMaxJobs checks that a second backup (restore) job waits, pending,
+// while the only backup (restore) slot is taken, and runs once it is free.
+func TestMaxJobs(t *testing.T) {
+	for _, kind := range []string{"backup", "restore"} {
+		t.Run(kind, func(t *testing.T) {
+			ctx := context.Background()
+			e := newEnv(t, "mem", nil, backup.Config{MaxBackupJobs: 1, MaxRestoreJobs: 1})
+			a := e.addLabelledVM(t, "a", nil, 1)
+			b := e.addLabelledVM(t, "b", nil, 2)
+			run := func(ctx context.Context, vm hypervisor.VM) (*backup.Job, error) {
+				return e.svc.Backup(ctx, backup.Request{VMIDs: []string{vm.ID}})
+			}
+			hang := fake.Fault{Op: fake.OpSnapshot, VMID: a.ID, Delay: 100 * time.Hour}
+			if kind == "restore" {
+				points := map[string]string{}
+				for _, vm := range []hypervisor.VM{a, b} {
+					points[vm.ID] = e.backup(t, backup.Request{VMIDs: []string{vm.ID}}).VMs[0].PointID
+					if err := e.hv.PowerOff(ctx, vm.ID); err != nil {
+						t.Fatal(err)
+					}
+				}
+				run = func(ctx context.Context, vm hypervisor.VM) (*backup.Job, error) {
+					return e.svc.RestoreInPlace(ctx, points[vm.ID], restore.InPlaceOptions{})
+				}
+				hang.Op = fake.OpOpenDiskForWrite
+			}
+			var order []string
+			unsub := e.svc.Subscribe(func(ev backup.Event) {
+				if ev.Type == backup.EventJobStarted || ev.Type == backup.EventJobFinished {
+					order = append(order, fmt.Sprintf("%s %s", ev.Type, ev.Job.ID))
+				}
+			})
+			defer unsub()
 
-	e.hv.Inject(fake.Fault{Op: fake.OpSnapshot, VMID: a.ID, Delay: 100 * time.Hour})
-	ctxA, cancelA := context.WithCancel(ctx)
-	doneA := make(chan *backup.Job)
-	go func() {
-		job, _ := e.svc.Backup(ctxA, backup.Request{VMIDs: []string{a.ID}})
-		doneA <- job
-	}()
-	eventually(t, "job a to hang in its snapshot", func() bool { return len(e.hv.PendingFaults()) == 0 })
-	doneB := make(chan *backup.Job)
-	go func() {
-		job, _ := e.svc.Backup(ctx, backup.Request{VMIDs: []string{b.ID}})
-		doneB <- job
-	}()
-	eventually(t, "job b to be recorded pending", func() bool {
-		recs, err := e.svc.History(ctx, "", 0)
-		return err == nil && slices.ContainsFunc(recs, func(r backup.JobRecord) bool {
-			return r.State == backup.JobPending && r.VMs[0].VMID == b.ID
+			e.hv.Inject(hang)
+			ctxA, cancelA := context.WithCancel(ctx)
+			doneA := make(chan *backup.Job)
+			go func() {
+				job, _ := run(ctxA, a)
+				doneA <- job
+			}()
+			eventually(t, "job a to hang", func() bool { return len(e.hv.PendingFaults()) == 0 })
+			doneB := make(chan *backup.Job)
+			go func() {
+				job, _ := run(ctx, b)
+				doneB <- job
+			}()
+			eventually(t, "job b to be recorded pending", func() bool {
+				recs, err := e.svc.History(ctx, "", 0)
+				return err == nil && slices.ContainsFunc(recs, func(r backup.JobRecord) bool {
+					return r.State == backup.JobPending && r.VMs[0].VMID == b.ID
+				})
+			})
+			cancelA()
+			if job := <-doneA; job.State != backup.JobCancelled {
+				t.Errorf("job a: %s, want cancelled", job.State)
+			}
+			if job := <-doneB; job.State != backup.JobSucceeded {
+				t.Errorf("job b: %s, want succeeded", job.State)
+			}
+			if len(order) != 4 || !strings.HasPrefix(order[1], "job finished") {
+				t.Errorf("events %q: want job b to start only after job a finished", order)
+			}
+			recs, err := e.svc.History(ctx, "", 2)
+			if err != nil || len(recs) != 2 || recs[0].State != backup.JobSucceeded || recs[1].State != backup.JobCancelled {
+				t.Errorf("history of jobs without a plan: %+v, %v", recs, err)
+			}
 		})
-	})
-	cancelA()
-	if job := <-doneA; job.State != backup.JobCancelled {
-		t.Errorf("job a: %s, want cancelled", job.State)
-	}
-	if job := <-doneB; job.State != backup.JobSucceeded {
-		t.Errorf("job b: %s, want succeeded", job.State)
-	}
-	if len(order) != 4 || !strings.HasPrefix(order[1], "job finished") {
-		t.Errorf("events %q: want job b to start only after job a finished", order)
-	}
-	recs, err := e.svc.History(ctx, "", 0)
-	if err != nil || len(recs) != 2 || recs[0].State != backup.JobSucceeded || recs[1].State != backup.JobCancelled {
-		t.Errorf("history of jobs without a plan: %+v, %v", recs, err)
 	}
 }
 
