@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -60,6 +61,11 @@ type JobRecord struct {
 	// Recompress is what recompressing the run's chunks did (a run of a
 	// plan without a window, or a recompress job after the window).
 	Recompress *repository.RecompressReport `json:"recompress,omitempty"`
+	// Host and PID name the process that ran the job, so that a Service
+	// starting on the same host can tell a job whose process ended without
+	// finishing it (a crash) from one still going (see StartPlans).
+	Host string `json:"host,omitempty"`
+	PID  int    `json:"pid,omitempty"`
 }
 
 // VMRecord is a VMResult as the history keeps it.
@@ -106,6 +112,52 @@ type history struct {
 	bucket *blob.Bucket
 	limit  int
 	log    *slog.Logger
+	host   string // this process's, for JobRecord.Host
+}
+
+// interruptScan is how many of a plan's newest job records StartPlans
+// looks at for jobs whose process ended.
+const interruptScan = 20
+
+// markInterrupted rewrites, among planID's newest job records, those that
+// a process on this host left pending or running and that is gone, as
+// failed: "interrupted". Records of other hosts, and of processes that
+// still run, are left alone.
+func (h *history) markInterrupted(ctx context.Context, planID string, now time.Time) error {
+	keys, err := h.keys(ctx, planID)
+	if err != nil {
+		return err
+	}
+	seen := 0
+	for _, k := range keys {
+		if strings.HasSuffix(k, skipExt) {
+			continue
+		}
+		if seen++; seen > interruptScan {
+			break
+		}
+		rec, err := h.read(ctx, k)
+		if err != nil {
+			return err
+		}
+		if rec == nil || rec.Final() || rec.Host != h.host || rec.PID == os.Getpid() || processAlive(rec.PID) {
+			continue
+		}
+		why := fmt.Sprintf("interrupted: process %d on %s ended before the job did", rec.PID, rec.Host)
+		rec.State, rec.Finished = JobFailed, now
+		if rec.Reason != "" {
+			why = rec.Reason + "; " + why
+		}
+		rec.Reason = why
+		for i := range rec.VMs {
+			if v := &rec.VMs[i]; v.State == VMPending || v.State == VMRunning {
+				v.State, v.Error = VMFailed, "interrupted"
+			}
+		}
+		h.write(ctx, k, rec)
+		h.log.Warn("job history: job of an ended process marked failed", "record", rec.ID, "plan", planID, "pid", rec.PID)
+	}
+	return nil
 }
 
 const (
@@ -144,11 +196,16 @@ const (
 // plan beyond the limit. Failures are logged, not returned: a job's outcome
 // never depends on its record.
 func (h *history) put(ctx context.Context, rec *JobRecord, seq uint64) {
+	h.write(ctx, h.key(rec, seq), rec)
+}
+
+// write writes rec at key, as put does.
+func (h *history) write(ctx context.Context, key string, rec *JobRecord) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), historyWrite)
 	defer cancel()
 	b, err := json.Marshal(rec)
 	if err == nil {
-		err = h.bucket.WriteAll(ctx, h.key(rec, seq), b, &blob.WriterOptions{ContentType: "application/json", DisableContentTypeDetection: true})
+		err = h.bucket.WriteAll(ctx, key, b, &blob.WriterOptions{ContentType: "application/json", DisableContentTypeDetection: true})
 	}
 	if err == nil && rec.Final() {
 		err = h.prune(ctx, rec.PlanID)
@@ -270,6 +327,7 @@ func (s *Service) record(job *Job) {
 	rec := &JobRecord{
 		ID: job.ID, Kind: job.Kind, PlanID: job.PlanID, Manual: job.Manual, State: job.State,
 		Created: job.created, Started: job.Started, Finished: job.Finished,
+		Host: s.history.host, PID: os.Getpid(),
 	}
 	if run := job.run; run != nil {
 		rec.Due, rec.Full, rec.CatchUp, rec.Reason, rec.Retention, rec.Recompress = run.due, run.full, run.catchUp, run.reason, run.retention, run.recompress

@@ -2,9 +2,13 @@ package backup_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -770,5 +774,57 @@ func TestRecompressAfterWindow(t *testing.T) {
 	}
 	if tags := e2.chunkTags(t); tags[2] != 0 || recs[0].Recompress == nil || recs[0].Recompress.Rewritten == 0 {
 		t.Errorf("run without a window: chunk tags %v, record's recompress %+v; want no s2 chunk left", tags, recs[0].Recompress)
+	}
+}
+
+// TestInterruptedJobsSettled writes the records a crashed process would
+// leave (running, by a process that is gone) beside ones of a live process
+// and of another host, and checks that StartPlans marks only the first
+// failed, and that its due time still counts as the last run.
+func TestInterruptedJobsSettled(t *testing.T) {
+	ctx := context.Background()
+	clock := schedule.NewFakeClock(monday.Add(12*time.Hour + 30*time.Minute))
+	e := newEnv(t, "mem", nil, backup.Config{Clock: clock})
+	a := e.addLabelledVM(t, "a", nil, 1)
+	p := hourly(a.ID)
+	if _, err := e.svc.PutPlan(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	ended := exec.Command("true")
+	if err := ended.Run(); err != nil {
+		t.Skipf("no process to outlive: %v", err)
+	}
+	host, _ := os.Hostname()
+	for i, r := range []struct {
+		id, host string
+		pid      int
+	}{{"job-live", host, os.Getppid()}, {"job-elsewhere", "other-host", ended.ProcessState.Pid()}, {"job-crashed", host, ended.ProcessState.Pid()}} {
+		at := monday.Add(time.Duration(10+i) * time.Hour)
+		rec := backup.JobRecord{ID: r.id, Kind: backup.KindBackup, PlanID: p.ID, State: backup.JobRunning, Due: at, Created: at, Started: at,
+			VMs: []backup.VMRecord{{VMID: a.ID, State: backup.VMRunning}}, Host: r.host, PID: r.pid}
+		data, err := json.Marshal(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := fmt.Sprintf("history/plan/%s/%019d-%016x-%s.run.json", p.ID, math.MaxInt64-at.UnixNano(), uint64(math.MaxUint64), r.id)
+		if err := e.repo.Bucket().WriteAll(ctx, key, data, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.svc.StartPlans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer e.svc.Close(ctx)
+	e.waitIdle(t)
+	got := e.history(t, p.ID, func(r backup.JobRecord) string {
+		return fmt.Sprintf("%s due %s %s %s", r.ID, r.Due.Format("15:04"), r.State, r.Reason)
+	})
+	want := []string{
+		fmt.Sprintf("job-crashed due 12:00 failed interrupted: process %d on %s ended before the job did", ended.ProcessState.Pid(), host),
+		"job-elsewhere due 11:00 running ",
+		"job-live due 10:00 running ",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("history (-want +got):\n%s", diff)
 	}
 }

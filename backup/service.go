@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -252,7 +253,7 @@ func New(cfg Config) (*Service, error) {
 		backupSlots:  semaphore.NewWeighted(int64(cfg.MaxBackupJobs)),
 		restoreSlots: semaphore.NewWeighted(int64(cfg.MaxRestoreJobs)),
 		plans:        cfg.Plans,
-		history:      &history{bucket: cfg.Repository.Bucket(), limit: cfg.HistoryLimit, log: cfg.Logger},
+		history:      &history{bucket: cfg.Repository.Bucket(), limit: cfg.HistoryLimit, log: cfg.Logger, host: hostname()},
 		started:      map[string]int64{},
 		overrun:      map[string]string{},
 		waited:       map[string]waitNote{},
@@ -352,4 +353,9 @@ func (s *Service) emit(e Event) {
 		}
 		sub.mu.Unlock()
 	}
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
 }
