@@ -87,7 +87,8 @@ type Repository struct {
 	cfg        Config
 	codec      compress.Codec
 	opts       Options
-	encPool    sync.Pool // *[]byte encode buffers
+	encPool    sync.Pool     // *[]byte encode buffers
+	manifests  manifestCache // decoded manifests, by key
 }
 
 // Init creates a repository at a gocloud URL (file://, mem://, s3://, ...).

@@ -3,6 +3,7 @@ package repository_test
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
 	"testing"
 
@@ -165,5 +166,31 @@ func BenchmarkReadChunk(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// BenchmarkListPoints lists the points of one VM in a file:// repository
+// that holds 500 points of 50 VMs, as every backup does to find its VM's
+// newest point.
+func BenchmarkListPoints(b *testing.B) {
+	ctx := context.Background()
+	r := benchRepo(b, fileBucket)
+	for i := range 500 {
+		w, err := r.NewPointWriter(ctx, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		m := &repository.Manifest{VMID: fmt.Sprintf("vm-%02d", i%50), Kind: "full", Consistency: "crash",
+			Disks: []repository.DiskRecord{{ID: "d", Size: 1 << 30}}}
+		if err := w.Commit(ctx, m, map[string]*repository.Index{"d": repository.NewIndex(1<<30, repository.DefaultChunkSize)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for range b.N {
+		ms, err := r.ListPoints(ctx, repository.Filter{VMID: "vm-00"})
+		if err != nil || len(ms) != 10 {
+			b.Fatalf("ListPoints: %d points, %v; want 10", len(ms), err)
+		}
 	}
 }

@@ -179,7 +179,7 @@ func (r *Repository) gc(ctx context.Context, o *GCOptions) (*GCReport, error) {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
 	var badManifests []string
-	ms, err := r.listManifests(ctx, func(key string, err error) { badManifests = append(badManifests, key) })
+	ms, err := r.listManifests(ctx, false, func(key string, err error) { badManifests = append(badManifests, key) })
 	if err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}

@@ -89,9 +89,46 @@ func (r *Repository) readManifest(ctx context.Context, id string) (*Manifest, er
 	return decodeManifest(key, b)
 }
 
-// listManifests reads every manifest; bad ones are passed to bad (if not
-// nil) and left out.
-func (r *Repository) listManifests(ctx context.Context, bad func(key string, err error)) ([]*Manifest, error) {
+// manifestCache keeps decoded manifests by key. A manifest never changes
+// once written, so listing the points needs to read only those it has not
+// seen: a backup, which looks up its VM's newest point, reads one new
+// manifest instead of every manifest of every VM. Verify bypasses it.
+type manifestCache struct {
+	mu sync.Mutex
+	m  map[string]*Manifest
+}
+
+// keep replaces the cache's contents with ms (by keys).
+func (c *manifestCache) keep(keys []string, ms []*Manifest) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m = make(map[string]*Manifest, len(keys))
+	for i, k := range keys {
+		if ms[i] != nil {
+			c.m[k] = ms[i]
+		}
+	}
+}
+
+func (c *manifestCache) get(key string) *Manifest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[key]
+}
+
+// cloneManifest copies m deep enough that a caller changing the copy
+// (its disks, its VM configuration) leaves m as it is.
+func cloneManifest(m *Manifest) *Manifest {
+	c := *m
+	c.Disks = slices.Clone(m.Disks)
+	c.VM = slices.Clone(m.VM)
+	return &c
+}
+
+// listManifests reads every manifest (those not in the cache, unless
+// fresh); bad ones are passed to bad (if not nil) and left out. The
+// manifests returned are the caller's to change.
+func (r *Repository) listManifests(ctx context.Context, fresh bool, bad func(key string, err error)) ([]*Manifest, error) {
 	var keys []string
 	if err := r.list(ctx, pointPrefix, func(o *blobListObject) error {
 		keys = append(keys, o.Key)
@@ -104,6 +141,12 @@ func (r *Repository) listManifests(ctx context.Context, bad func(key string, err
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(r.opts.Concurrency)
 	for i, key := range keys {
+		if !fresh {
+			if m := r.manifests.get(key); m != nil {
+				ms[i] = m
+				continue
+			}
+		}
 		g.Go(func() error {
 			b, err := r.get(gctx, key)
 			if errors.Is(err, ErrNotFound) {
@@ -119,6 +162,7 @@ func (r *Repository) listManifests(ctx context.Context, bad func(key string, err
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	r.manifests.keep(keys, ms)
 	out := ms[:0]
 	for i, m := range ms {
 		if errs[i] != nil {
@@ -128,7 +172,7 @@ func (r *Repository) listManifests(ctx context.Context, bad func(key string, err
 			continue
 		}
 		if m != nil {
-			out = append(out, m)
+			out = append(out, cloneManifest(m))
 		}
 	}
 	return out, nil
@@ -147,7 +191,7 @@ func sortNewestFirst(ms []*Manifest) {
 // version) is left out of the list and logged, so one damaged point does not
 // stop backups of every VM; Point and Verify report it as an error.
 func (r *Repository) listPoints(ctx context.Context, f Filter) ([]*Manifest, error) {
-	ms, err := r.listManifests(ctx, func(key string, err error) {
+	ms, err := r.listManifests(ctx, false, func(key string, err error) {
 		slog.WarnContext(ctx, "repository: unreadable restore point left out of the list", "key", key, "err", err)
 	})
 	if err != nil {

@@ -47,7 +47,7 @@ func (s *Stats) CompressionRatio() float64 {
 // memory grows with the number of distinct chunks referenced (about 80
 // bytes each).
 func (r *Repository) Stats(ctx context.Context) (*Stats, error) {
-	ms, err := r.listManifests(ctx, nil)
+	ms, err := r.listManifests(ctx, false, nil)
 	if err != nil {
 		return nil, fmt.Errorf("stats: %w", err)
 	}

@@ -44,7 +44,7 @@ func (r *Repository) verify(ctx context.Context, o *VerifyOptions) (*VerifyRepor
 		rep.Problems = append(rep.Problems, p)
 		mu.Unlock()
 	}
-	ms, err := r.listManifests(ctx, func(key string, err error) {
+	ms, err := r.listManifests(ctx, true, func(key string, err error) {
 		rep.Points++
 		bad(Problem{PointID: strings.TrimPrefix(key, pointPrefix), Offset: -1, Key: key, Err: err})
 	})

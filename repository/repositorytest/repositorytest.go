@@ -530,6 +530,16 @@ func testPoints(t *testing.T, mk MakeBucket) {
 	if diff := cmp.Diff([]string{ms[3].ID, ms[0].ID}, ids(got)); diff != "" {
 		t.Errorf("ListPoints after delete (-want +got):\n%s", diff)
 	}
+	// The manifests listed are the caller's: changing them changes no
+	// later listing.
+	got[0].VMName, got[0].Disks[0].Size = "changed", -1
+	again, err := r.ListPoints(ctx, repository.Filter{VMID: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again[0].VMName == "changed" || again[0].Disks[0].Size == -1 {
+		t.Errorf("a listed manifest changed by its caller is listed changed: %+v", again[0])
+	}
 	// Commit refuses an index that does not match the disk.
 	w, err := r.NewPointWriter(ctx, nil)
 	if err != nil {
