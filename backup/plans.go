@@ -100,7 +100,7 @@ type PlanStatus struct {
 // this host left pending or running, and that is gone, become failed
 // ("interrupted"). Call it again to pick up plans that
 // other processes changed; plans changed through PutPlan, SetPlanState,
-// DeletePlan and RemoveVM are rescheduled at once. Close stops the
+// DeletePlan and RemoveVMFromPlan are rescheduled at once. Close stops the
 // scheduling. Start plans in one process per repository: two Services that
 // both start a plan both run it.
 func (s *Service) StartPlans(ctx context.Context) error {
@@ -271,12 +271,12 @@ func (s *Service) DeletePlan(ctx context.Context, id string, deletePoints bool) 
 	return nil
 }
 
-// RemoveVM takes vmID out of the VMIDs of plan planID, and with
+// RemoveVMFromPlan takes vmID out of the VMIDs of plan planID, and with
 // deletePoints deletes the VM's restore points made by the plan. A VM that
 // the plan reaches through a label selector leaves it when its labels
-// change; RemoveVM then names the selectors in its error. It returns the
+// change; RemoveVMFromPlan then names the selectors in its error. It returns the
 // plan as stored.
-func (s *Service) RemoveVM(ctx context.Context, planID, vmID string, deletePoints bool) (plan.Plan, error) {
+func (s *Service) RemoveVMFromPlan(ctx context.Context, planID, vmID string, deletePoints bool) (plan.Plan, error) {
 	p, err := s.Plan(ctx, planID)
 	if err != nil {
 		return plan.Plan{}, err

@@ -430,15 +430,15 @@ func TestPlanLifecycle(t *testing.T) {
 		t.Errorf("resumed plan: status %+v, %v; want the 00:00 full run made", st, err)
 	}
 
-	if _, err := e.svc.RemoveVM(ctx, "nightly", b.ID, false); err == nil || !strings.Contains(err.Error(), "tier") {
-		t.Errorf("RemoveVM of a VM matched by a selector = %v, want an error naming the selector", err)
+	if _, err := e.svc.RemoveVMFromPlan(ctx, "nightly", b.ID, false); err == nil || !strings.Contains(err.Error(), "tier") {
+		t.Errorf("RemoveVMFromPlan of a VM matched by a selector = %v, want an error naming the selector", err)
 	}
-	after, err := e.svc.RemoveVM(ctx, "nightly", a.ID, true)
+	after, err := e.svc.RemoveVMFromPlan(ctx, "nightly", a.ID, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(after.Objects.VMIDs) != 0 || len(e.points(t, a.ID)) != 0 || len(e.points(t, b.ID)) != 1 {
-		t.Errorf("after RemoveVM(a, delete points): vmIDs %v, %d points of a, %d of b; want none, 0, 1", after.Objects.VMIDs, len(e.points(t, a.ID)), len(e.points(t, b.ID)))
+		t.Errorf("after RemoveVMFromPlan(a, delete points): vmIDs %v, %d points of a, %d of b; want none, 0, 1", after.Objects.VMIDs, len(e.points(t, a.ID)), len(e.points(t, b.ID)))
 	}
 
 	if err := e.svc.DeletePlan(ctx, "nightly", false); err != nil {
