@@ -18,6 +18,12 @@
 //   - "compare": otherwise (no change reporting, no token, or a token the
 //     hypervisor no longer honours) every chunk of the target is read and
 //     hashed, and only chunks whose content differs are written.
+//   - "fresh disk": before either, a target disk that reports its
+//     allocated extents (hypervisor.ExtentReporter on the WritableDisk)
+//     and holds no data at all, such as a new sparse image file, is
+//     written like a rebuild's (below) without being read; DiskResult.Reason
+//     says so. The engine finds this out itself: the caller need not
+//     promise it with TargetZeroed.
 //
 // Either way, a chunk that is all zeros in the point is written (as zeros)
 // only where the target does not already read as zeros.
@@ -30,8 +36,22 @@
 //
 // Within a chunk that must be written, only the runs of 64 KiB blocks that
 // differ from the target's content are written. A target disk that
-// reports its allocated extents (hypervisor.ExtentReporter on the
-// WritableDisk, optional) is not read where it holds nothing.
+// reports its allocated extents is not read where it holds nothing: a
+// chunk that lies wholly in a hole of the target is written as onto a
+// fresh disk.
+//
+// # Speed
+//
+// Measured with internal/bench (1 GiB image, 2 shared cores), a restore
+// onto a new sparse file is bound by CPU: SHA-256 verification of every
+// chunk (about a quarter), zstd decoding (a third), and the kernel's
+// copies into the page cache and out of the chunk files (a quarter).
+// Writing through the page cache is faster here than O_DIRECT: 1.2 GiB in
+// 1 MiB writes took 0.4-1.1 s (0.4-1.7 s of system time) buffered against
+// 2.4-3.2 s (0.2-0.4 s system) with O_DIRECT, bound by the device. A
+// restore issues writes of up to a chunk, in disk order, from several
+// workers, and leaves zero blocks of a fresh disk as holes; how the target
+// writes them (page cache or not) is the hypervisor backend's choice.
 //
 // # Power
 //

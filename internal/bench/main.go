@@ -139,7 +139,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&cfg.fraction, "fraction", 0.01, "fraction of 64 KiB blocks the mutation rewrites")
 	fs.BoolVar(&cfg.clustered, "clustered", false, "mutation writes come in runs of adjacent blocks")
 	fs.BoolVar(&cfg.drop, "drop-caches", false, "drop the page cache before every step (root)")
-	fs.BoolVar(&cfg.matrix, "matrix", false, "run vmbackup (and ref, if in -tools) for every chunk size × codec instead")
+	fs.BoolVar(&cfg.matrix, "matrix", false, "run vmbackup (and ref, if in -tools) for every chunk size × codec, and restic and borg (if in -tools) once per run for comparison, instead")
 	fs.StringVar(&mChunks, "matrix-chunks", "256KiB,1MiB,4MiB", "chunk sizes of -matrix")
 	fs.StringVar(&mCodecs, "matrix-codecs", strings.Join(compress.Names(), ","), "codecs of -matrix")
 	fs.StringVar(&cfg.profile, "cpuprofile", "", "write a CPU profile of vmbackup's first run of -profile-step to this file")
@@ -331,9 +331,6 @@ func bench(ctx context.Context, cfg config) error {
 	for _, t := range cfg.tools {
 		if p, ok := peers[t]; ok && !p.available() {
 			fmt.Fprintf(w, "%s: not installed (Debian package %s), skipped\n", t, p.pkg)
-			continue
-		}
-		if cfg.matrix && t != "vmbackup" && t != "ref" {
 			continue
 		}
 		tools = append(tools, t)

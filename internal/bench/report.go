@@ -298,8 +298,12 @@ func ratio(ok bool, a, b float64, unit string) string {
 	return fmt.Sprintf("%.2f%s", a/b, unit)
 }
 
-// runMatrix runs vmbackup (and ref) at every chunk size and codec: full
-// and incremental with change tracking, no restore.
+// runMatrix runs vmbackup (and ref) at every chunk size and codec, and the
+// peers (restic, borg) once per run for comparison, all interleaved, and
+// prints one row per configuration: full, incremental with change
+// tracking, hash-only incremental and restore times, repository size,
+// growth from the 1 % mutation, objects per GiB, and the speed-ups and
+// growth relative to restic where it ran.
 func runMatrix(ctx context.Context, cfg config, ws *workspace, tools []string) error {
 	w := cfg.out
 	type key struct {
@@ -309,38 +313,87 @@ func runMatrix(ctx context.Context, cfg config, ws *workspace, tools []string) e
 	}
 	res := map[key]*results{}
 	var keys []key
+	round := func(r int, k key) error {
+		if res[k] == nil {
+			res[k] = newResults()
+			keys = append(keys, k)
+		}
+		t0 := time.Now()
+		phases, err := runToolRound(ctx, cfg, ws, k.tool, r, k.chunk, k.codec, true)
+		if err != nil {
+			return fmt.Errorf("%s %s %s, run %d: %w", k.tool, formatSize(k.chunk), k.codec, r, err)
+		}
+		res[k].add(k.tool, phases)
+		what := "(its own chunking and compression)"
+		if k.chunk > 0 {
+			what = fmt.Sprintf("%6s %-12s", formatSize(k.chunk), k.codec)
+		}
+		fmt.Fprintf(w, "run %d/%d %-8s %s done in %.1fs:%s\n", r, cfg.runs, k.tool, what, time.Since(t0).Seconds(), phaseTimes(phases))
+		return nil
+	}
 	for r := 1; r <= cfg.runs; r++ {
+		for _, t := range tools {
+			if _, ok := peers[t]; ok {
+				if err := round(r, key{tool: t}); err != nil {
+					return err
+				}
+			}
+		}
 		for _, c := range cfg.mChunks {
 			for _, codec := range cfg.mCodecs {
 				for _, t := range tools {
-					k := key{t, c, codec}
-					if res[k] == nil {
-						res[k] = newResults()
-						keys = append(keys, k)
+					if t == "vmbackup" || t == "ref" {
+						if err := round(r, key{t, c, codec}); err != nil {
+							return err
+						}
 					}
-					t0 := time.Now()
-					phases, err := runToolRound(ctx, cfg, ws, t, r, c, codec, false)
-					if err != nil {
-						return fmt.Errorf("%s %s %s, run %d: %w", t, formatSize(c), codec, r, err)
-					}
-					res[k].add(t, phases)
-					fmt.Fprintf(w, "run %d/%d %-8s %6s %-12s done in %.1fs\n", r, cfg.runs, t, formatSize(c), codec, time.Since(t0).Seconds())
 				}
 			}
 		}
 	}
 	fmt.Fprintln(w)
 	header(w, cfg, ws)
-	fmt.Fprintf(w, "%d run(s) interleaved; medians; objects per GiB = repository files after the full backup per GiB of logical image\n\n", cfg.runs)
+	fmt.Fprintf(w, "%d run(s) interleaved; medians of wall time; CPU = user + system; objects per GiB = repository files after the full backup per GiB of logical image;\n", cfg.runs)
+	fmt.Fprintf(w, "restic and borg have no change tracking: their incremental (a second backup) is in the incr-cbt column; ×restic = restic's wall / this row's (above 1: faster); growth/restic below 1: smaller\n\n")
+	rs, haveRestic := res[key{tool: "restic"}]
+	var rFull, rIncr, rRestore summary
+	if haveRestic {
+		rFull, _ = rs.summary("restic", stepFull)
+		rIncr, _ = rs.summary("restic", stepIncr)
+		rRestore, _ = rs.summary("restic", stepRestore)
+	}
+	ratio := func(peer, own time.Duration) string {
+		if !haveRestic || own <= 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", peer.Seconds()/own.Seconds())
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "tool\tchunk\tcodec\tfull s\tMB/s\tfull CPU s\tincr-cbt s\tincr CPU s\trepo MiB\tgrowth MiB\tobjects/GiB\tpeak RSS MiB\t")
+	fmt.Fprintln(tw, "tool\tchunk\tcodec\tfull s\tfull CPU s\tincr-cbt s\tincr CPU s\tincr-hash s\trestore s\trepo MiB\tgrowth MiB\tobjects/GiB\tpeak RSS MiB\tfull ×restic\tincr-cbt ×restic\tincr-hash ×restic\trestore ×restic\tgrowth/restic\t")
 	for _, k := range keys {
 		r := res[k]
 		f, _ := r.summary(k.tool, stepFull)
-		i, _ := r.summary(k.tool, stepIncrCBT)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t+%s\t%.0f\t%s\t\n", k.tool, formatSize(k.chunk), k.codec,
-			secs(f.wall), mbps(ws.size, f.wall), secs(f.user+f.sys), secs(i.wall), secs(i.user+i.sys),
-			mibNum(f.repo), mibNum(i.growth), float64(f.files)/(float64(ws.size)/(1<<30)), mibNum(max(f.peakRSS, i.peakRSS)))
+		i, ok := r.summary(k.tool, stepIncrCBT)
+		if !ok {
+			i, _ = r.summary(k.tool, stepIncr)
+		}
+		h, hasHash := r.summary(k.tool, stepIncrHash)
+		rest, _ := r.summary(k.tool, stepRestore)
+		chunk, codec, hash, hashRatio := "-", "-", "-", "-"
+		if k.chunk > 0 {
+			chunk, codec = formatSize(k.chunk), k.codec
+		}
+		if hasHash {
+			hash, hashRatio = secs(h.wall), ratio(rIncr.wall, h.wall)
+		}
+		growth := "-"
+		if haveRestic && rIncr.growth > 0 {
+			growth = fmt.Sprintf("%.2f", float64(i.growth)/float64(rIncr.growth))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t+%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t\n", k.tool, chunk, codec,
+			secs(f.wall), secs(f.user+f.sys), secs(i.wall), secs(i.user+i.sys), hash, secs(rest.wall),
+			mibNum(f.repo), mibNum(i.growth), float64(f.files)/(float64(ws.size)/(1<<30)), mibNum(max(f.peakRSS, i.peakRSS, h.peakRSS, rest.peakRSS)),
+			ratio(rFull.wall, f.wall), ratio(rIncr.wall, i.wall), hashRatio, ratio(rRestore.wall, rest.wall), growth)
 	}
 	return tw.Flush()
 }
