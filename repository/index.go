@@ -7,12 +7,13 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sync/errgroup"
 )
 
 // PageSlots is the number of chunk ids in one index page (128 KiB of ids,
-// 4 GiB of disk at 1 MiB chunks).
+// 1 GiB of disk at the default 256 KiB chunks).
 const PageSlots = 4096
 
 // rootMagic starts every index root (format version 1).
@@ -40,23 +41,32 @@ func (x *Index) slotLen(i int) int {
 // pageCount is the number of index pages of a disk with n slots.
 func pageCount(n int) int { return (n + PageSlots - 1) / PageSlots }
 
-// page returns the plaintext of page k (the ids of its slots).
-func (x *Index) page(k int, buf []byte) []byte {
+// page returns the plaintext of page k (the ids of its slots). It is a
+// view of x's own memory, not a copy: the caller must not change it, and
+// it changes with Set.
+func (x *Index) page(k int) []byte {
 	lo, hi := k*PageSlots, min((k+1)*PageSlots, len(x.ids))
-	buf = buf[:0]
-	for _, id := range x.ids[lo:hi] {
-		buf = append(buf, id[:]...)
+	return idBytes(x.ids[lo:hi])
+}
+
+// idBytes returns the memory of ids as bytes: a [32]byte array has no
+// padding, so a []ChunkID is its ids' bytes back to back, which is exactly
+// an index page's plaintext. Reading and writing pages through this view
+// instead of a copy saves 32 bytes of garbage per slot each time an index
+// is read or written (8 MiB for a 64 GiB disk at 256 KiB chunks), which
+// showed in the peak memory of incremental backups of large sparse disks.
+func idBytes(ids []ChunkID) []byte {
+	if len(ids) == 0 {
+		return nil
 	}
-	return buf
+	return unsafe.Slice(&ids[0][0], len(ids)*len(ChunkID{}))
 }
 
 // pageIDs returns the id of every page of x.
 func (x *Index) pageIDs() []ChunkID {
 	ids := make([]ChunkID, pageCount(len(x.ids)))
-	buf := make([]byte, 0, PageSlots*32)
 	for k := range ids {
-		buf = x.page(k, buf)
-		ids[k] = sha256.Sum256(buf)
+		ids[k] = sha256.Sum256(x.page(k))
 	}
 	return ids
 }
@@ -135,17 +145,19 @@ func (r *Repository) readRoot(ctx context.Context, key string) (*indexRoot, erro
 	return rt, nil
 }
 
-// readPage reads and verifies page k of an index into ids.
+// readPage reads and verifies page k of an index into ids, decoding
+// straight into their memory where the codec allows.
 func (r *Repository) readPage(ctx context.Context, rootKey string, k int, id ChunkID, ids []ChunkID) error {
-	b, err := r.loadObject(ctx, pageKey(id), id, PageSlots*32, nil)
+	mem := idBytes(ids)
+	b, err := r.loadObject(ctx, pageKey(id), id, PageSlots*32, mem[:0])
 	if err != nil {
 		return fmt.Errorf("read index %s page %d: %w", rootKey, k, err)
 	}
-	if len(b) != 32*len(ids) {
-		return fmt.Errorf("read index %s page %d: %d bytes, want %d: %w", rootKey, k, len(b), 32*len(ids), ErrCorrupt)
+	if len(b) != len(mem) {
+		return fmt.Errorf("read index %s page %d: %d bytes, want %d: %w", rootKey, k, len(b), len(mem), ErrCorrupt)
 	}
-	for i := range ids {
-		copy(ids[i][:], b[32*i:])
+	if &b[0] != &mem[0] {
+		copy(mem, b) // the decoder did not write in place
 	}
 	return nil
 }
@@ -196,7 +208,7 @@ func (w *PointWriter) writeIndex(ctx context.Context, x *Index) (string, error) 
 			}
 			if there {
 				w.probe(pid)
-			} else if _, err := r.storeObject(gctx, key, x.page(k, make([]byte, 0, PageSlots*32))); err != nil {
+			} else if _, err := r.storeObject(gctx, key, x.page(k)); err != nil {
 				return fmt.Errorf("write index page %d: %w", k, err)
 			}
 			mu.Lock()
