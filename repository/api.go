@@ -75,8 +75,11 @@ type InitOptions struct {
 	Codec     string // compress.Lookup name; "" means compress.Default
 }
 
-// DefaultChunkSize is the chunk size of a repository made with defaults.
-const DefaultChunkSize = 1 << 20
+// DefaultChunkSize is the chunk size of a repository made with defaults:
+// 256 KiB, chosen from measurements (see "Chunk size and codec" in the
+// package doc): a quarter of the growth and a third of the time of an
+// incremental backup at 1 MiB, for about three times as many objects.
+const DefaultChunkSize = 256 << 10
 
 // Repository is a chunk store plus restore points in a gocloud.dev bucket.
 // It is safe for concurrent use.

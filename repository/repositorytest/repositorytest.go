@@ -269,7 +269,7 @@ func testInitOpen(t *testing.T, mk MakeBucket) {
 		{"garbage", "{not json", repository.ErrCorrupt},
 		{"truncated", string(good[:len(good)/2]), repository.ErrCorrupt},
 		{"newer", strings.Replace(string(good), `"version": 1`, `"version": 99`, 1), repository.ErrVersion},
-		{"bad chunk size", strings.Replace(string(good), `"chunk_size": 1048576`, `"chunk_size": 1000`, 1), repository.ErrCorrupt},
+		{"bad chunk size", strings.Replace(string(good), fmt.Sprintf(`"chunk_size": %d`, cfg.ChunkSize), `"chunk_size": 1000`, 1), repository.ErrCorrupt},
 		{"unknown codec", strings.Replace(string(good), `"codec": "`+cfg.Codec+`"`, `"codec": "rot13"`, 1), repository.ErrCorrupt},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
