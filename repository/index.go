@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sync/errgroup"
@@ -183,6 +184,48 @@ func (r *Repository) readIndex(ctx context.Context, key string, pages func(Chunk
 		return nil, err
 	}
 	return x, nil
+}
+
+// scanIndex reads index key page by page and calls fn with each page's
+// ids (one call at a time, in no particular order; fn must not keep ids).
+// It returns the page ids. Unlike readIndex it never holds the whole
+// index: at most Concurrency pages are in memory, so seeding a writer's
+// dedup from a huge sparse disk's base costs no more than its distinct
+// chunks.
+func (r *Repository) scanIndex(ctx context.Context, key string, fn func(ids []ChunkID)) ([]ChunkID, error) {
+	rt, err := r.readRoot(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	nslots := int((rt.size + int64(rt.chunkSize) - 1) / int64(rt.chunkSize))
+	bufs := make(chan []ChunkID, max(r.opts.Concurrency, 1))
+	for range cap(bufs) {
+		bufs <- nil // allocated on first use
+	}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(cap(bufs))
+	for k, pid := range rt.pages {
+		g.Go(func() error {
+			buf := <-bufs
+			defer func() { bufs <- buf }()
+			if buf == nil {
+				buf = make([]ChunkID, PageSlots)
+			}
+			ids := buf[:min(PageSlots, nslots-k*PageSlots)]
+			if err := r.readPage(gctx, key, k, pid, ids); err != nil {
+				return err
+			}
+			mu.Lock()
+			fn(ids)
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return rt.pages, nil
 }
 
 // writeIndex stores x's pages (those the writer does not know to be

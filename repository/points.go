@@ -236,20 +236,29 @@ func (r *Repository) newPointWriter(ctx context.Context, base *Manifest) (*Point
 	w := &PointWriter{r: r, lease: l, base: base, known: make(map[ChunkID]struct{}), pages: make(map[ChunkID]struct{})}
 	if base != nil {
 		for _, d := range base.Disks {
-			x, err := r.readIndex(ctx, d.Index, func(p ChunkID) { w.pages[p] = struct{}{} })
+			// The ids are streamed page by page, not loaded as a whole
+			// index: the writer keeps only the distinct non-zero ones.
+			pages, err := r.scanIndex(ctx, d.Index, func(ids []ChunkID) {
+				for _, id := range ids {
+					if !id.IsZero() {
+						w.known[id] = struct{}{}
+					}
+				}
+			})
 			if err != nil {
 				if ctx.Err() != nil {
 					l.release(context.WithoutCancel(ctx))
 					return nil, fmt.Errorf("new point writer: %w", ctx.Err())
 				}
-				// A damaged base only costs dedup: the bucket is asked instead.
+				// A damaged base only costs dedup: the bucket is asked
+				// instead. Ids from the pages that were read are stored
+				// (they verified), but no page of this index counts as
+				// stored.
 				slog.WarnContext(ctx, "repository: base index unreadable, not seeding dedup from it", "point", base.ID, "disk", d.ID, "err", err)
 				continue
 			}
-			for _, id := range x.ids {
-				if !id.IsZero() {
-					w.known[id] = struct{}{}
-				}
+			for _, p := range pages {
+				w.pages[p] = struct{}{}
 			}
 		}
 	}
