@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 
@@ -171,5 +173,82 @@ func TestInPlaceSkipsUnallocatedTarget(t *testing.T) {
 	}
 	if _, err := restore.InPlace(ctx, hv, repo, m, &restore.InPlaceOptions{VMID: "nope"}); !errors.Is(err, hypervisor.ErrNotFound) {
 		t.Errorf("restore onto an unknown vm: %v, want ErrNotFound", err)
+	}
+}
+
+// TestInPlaceOntoPartlyAllocatedFile restores onto a file-backed disk of
+// the fake (which reports its allocated extents) that holds other data in
+// some places and holes elsewhere: chunks over holes are written without
+// reading the target, chunks over data are compared, and where the point
+// has zeros the target's old data is cleared.
+func TestInPlaceOntoPartlyAllocatedFile(t *testing.T) {
+	ctx := context.Background()
+	const cs = 64 << 10
+	const size = 4 << 20
+	repo, err := repository.Init(ctx, "mem://", &repository.InitOptions{ChunkSize: cs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repo.Close()
+	hv := fake.New(nil)
+	defer hv.Close()
+	src, err := hv.AddVM(hypervisor.VM{Name: "src", Disks: []hypervisor.DiskInfo{{Size: size}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testimage.Generate(ctx, writerAt{hv, src.ID, "disk-1"}, size, 5); err != nil {
+		t.Fatal(err)
+	}
+	m, want := point(t, repo, hv, src)
+
+	path := filepath.Join(t.TempDir(), "target.raw")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+	dst, err := hv.AddFileVM("dst", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Old data in the first and last 256 KiB and, unaligned, across a
+	// chunk boundary in the middle; holes elsewhere.
+	junk := bytes.Repeat([]byte{0x5a}, 256<<10)
+	for _, off := range []int64{0, size - 256<<10, 2<<20 - 1000} {
+		if err := hv.WriteDisk(ctx, dst.ID, "disk-1", off, junk[:min(len(junk), int(size-off))]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The case that matters most: old data where the point has zeros.
+	zeroUnderJunk := false
+	for _, off := range []int64{0, size - 256<<10, 2<<20 - 1000} {
+		for b := (off + cs - 1) / cs * cs; b+cs <= min(off+256<<10, size); b += cs {
+			zeroUnderJunk = zeroUnderJunk || bytes.Count(want[b:b+cs], []byte{0}) == cs
+		}
+	}
+	if !zeroUnderJunk {
+		t.Fatal("the test image has no zero chunk under the old data; pick other offsets or seed")
+	}
+	if err := hv.PowerOff(ctx, dst.ID); err != nil {
+		t.Fatal(err)
+	}
+	res, err := restore.InPlace(ctx, hv, repo, m, &restore.InPlaceOptions{VMID: dst.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, size)
+	if err := hv.ReadDisk(ctx, dst.ID, "disk-1", 0, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("restored disk differs from the point")
+	}
+	if d := res.Disks[0]; d.Method != restore.MethodCompare {
+		t.Errorf("method %s (%s), want %s: the target holds data", d.Method, d.Reason, restore.MethodCompare)
+	}
+	// Restoring again writes nothing: everything is equal now.
+	if res, err = restore.InPlace(ctx, hv, repo, m, &restore.InPlaceOptions{VMID: dst.ID}); err != nil || res.BytesWritten != 0 {
+		t.Errorf("second restore: %d bytes written, err %v; want none", res.BytesWritten, err)
 	}
 }
