@@ -92,6 +92,7 @@ type Repository struct {
 	opts       Options
 	encPool    sync.Pool     // *[]byte encode buffers
 	manifests  manifestCache // decoded manifests, by key
+	flush      flusher       // background flushes of a file:// repository
 }
 
 // Init creates a repository at a gocloud URL (file://, mem://, s3://, ...).

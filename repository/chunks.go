@@ -204,6 +204,9 @@ func (w *PointWriter) putChunk(ctx context.Context, id ChunkID, p []byte) (PutRe
 			return PutResult{}, fmt.Errorf("put chunk %s: %w", id, err)
 		}
 		res = PutResult{New: true, Stored: n}
+		if w.r.localDir != "" {
+			w.r.flush.wrote(n)
+		}
 	}
 	w.mu.Lock()
 	w.known[id] = struct{}{}

@@ -291,6 +291,15 @@ func (w *PointWriter) commit(ctx context.Context, m *Manifest, indexes map[strin
 	if err := w.checkGC(ctx, m, indexes); err != nil {
 		return fmt.Errorf("commit point: %w", err)
 	}
+	if r.localDir != "" {
+		// Object stores make an object durable before they acknowledge
+		// its write; a local filesystem only when told. Without this, a
+		// power loss after the (synced) manifest could leave it naming
+		// chunks and index pages that never reached the disk.
+		if err := flushFS(r.localDir); err != nil {
+			return fmt.Errorf("commit point: flush %s: %w", r.localDir, err)
+		}
+	}
 	m.Version = ManifestVersion
 	m.ChunkSize = r.cfg.ChunkSize
 	if m.Created.IsZero() {

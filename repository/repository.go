@@ -158,7 +158,7 @@ func newRepository(b *blob.Bucket, dir string, owns bool, cfg Config, o *Options
 	if err != nil {
 		return nil, fmt.Errorf("codec %q: %w", name, err)
 	}
-	return &Repository{bucket: b, ownsBucket: owns, localDir: dir, cfg: cfg, codec: c, opts: opts}, nil
+	return &Repository{bucket: b, ownsBucket: owns, localDir: dir, cfg: cfg, codec: c, opts: opts, flush: flusher{dir: dir}}, nil
 }
 
 func initBucket(ctx context.Context, b *blob.Bucket, dir string, owns bool, opts *InitOptions) (*Repository, error) {

@@ -7,11 +7,13 @@ package exclusive
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 )
 
 // Create creates path holding data, failing with an error that wraps
 // fs.ErrExist if it exists. Readers never see a partial file: the data is
-// complete and synced before link(2) makes it visible. The temporary file's
+// complete and synced before link(2) makes it visible, and the directory is
+// synced after, so the file survives a power loss once Create returns. The temporary file's
 // name starts with a dot, so listings that skip dot files never see it.
 func Create(path string, data []byte) error {
 	dir := filepath.Dir(path)
@@ -35,5 +37,22 @@ func Create(path string, data []byte) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return os.Link(tmp, path)
+	if err := os.Link(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// syncDir makes the directory's entries durable, so that a file Create
+// reported does not vanish in a power loss.
+func syncDir(dir string) error {
+	if runtime.GOOS == "windows" {
+		return nil // directories cannot be opened for syncing there
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
