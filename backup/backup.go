@@ -450,7 +450,7 @@ func (s *Service) backupDisk(ctx context.Context, snap hypervisor.Snapshot, d hy
 			res.reason = fmt.Sprintf("previous index has %d-byte chunks over %d bytes", idx.ChunkSize(), idx.Size())
 			break
 		}
-		res.index = idx.Clone()
+		res.index = idx // ReadIndex returns a fresh index: no copy needed
 		res.kind = PointIncremental
 		res.reason = "changed blocks since " + prev.ID
 		spans = pipeline.Touched(changed, size, cs)

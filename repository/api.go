@@ -255,6 +255,7 @@ func (x *Index) Clone() *Index {
 }
 
 // ReadIndex loads a disk's index (verified) from its key in a DiskRecord.
+// The index is new and the caller's to change.
 func (r *Repository) ReadIndex(ctx context.Context, key string) (*Index, error) {
 	return r.readIndex(ctx, key, nil)
 }
