@@ -359,7 +359,10 @@ type DiskWriter interface {
 // for disjoint ranges, as io.WriterAt allows. Nothing is guaranteed
 // durable or visible to the VM until Flush or Close returns nil. It may
 // implement ChangeReporter (changes since a token issued by a snapshot of
-// this disk) so that a restore rewrites only what changed.
+// this disk) so that a restore rewrites only what changed, and
+// ExtentReporter (where the disk may hold data; it reads as zeros
+// elsewhere) so that a restore neither reads nor compares the rest, and
+// treats a disk that holds nothing as fresh: zero blocks stay holes.
 type WritableDisk interface {
 	io.ReaderAt
 	io.WriterAt
