@@ -103,6 +103,7 @@ func TestConformance(t *testing.T) {
 		{"memory", fake.Options{}, false},
 		{"memory-quiesce-4k", fake.Options{Quiesce: true, Granularity: 4096}, false},
 		{"memory-no-cbt-no-extents", fake.Options{NoChangeTracking: true, NoExtents: true}, false},
+		{"file-no-cbt", fake.Options{NoChangeTracking: true}, true},
 		{"file", fake.Options{}, true},
 		{"file-quiesce-1m", fake.Options{Quiesce: true, Granularity: 1 << 20}, true},
 	} {

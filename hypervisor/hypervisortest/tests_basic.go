@@ -519,27 +519,35 @@ func testExtents(t *testing.T, e *env) {
 		if !ok {
 			t.Skip("snapshot disks implement no ExtentReporter")
 		}
-		ext, err := er.AllocatedExtents(e.ctx)
-		if err != nil {
-			t.Fatalf("AllocatedExtents of disk %s: %v", di.ID, err)
-		}
-		what := fmt.Sprintf("AllocatedExtents of disk %s", di.ID)
-		if !checkExtents(t, what, ext, di.Size) {
-			continue
-		}
-		if miss := uncovered(nonZeroSpans(sh.disks[i]), toSpans(ext)); len(miss) > 0 {
-			t.Errorf("%s = %s miss non-zero bytes at %s", what, fmtSpans(toSpans(ext)), fmtSpans(miss))
-		}
-		// Bytes outside the extents read as zeros: check that reading
-		// through the extents reproduces the disk.
-		got := make([]byte, di.Size)
-		for _, x := range ext {
-			if n, err := d.ReadAt(got[x.Offset:x.End()], x.Offset); n != int(x.Length) || (err != nil && err != io.EOF) {
-				t.Fatalf("ReadAt of extent %+v: %d, %v", x, n, err)
-			}
-		}
-		compareBytes(t, what+": disk rebuilt from its extents", got, sh.disks[i])
+		e.checkAllocated(t, fmt.Sprintf("AllocatedExtents of disk %s", di.ID), er, d, sh.disks[i])
 	}
+}
+
+// checkAllocated checks that er's extents cover every non-zero byte of
+// want, the disk's content, and that reading only them through d
+// reproduces it.
+func (e *env) checkAllocated(t *testing.T, what string, er hypervisor.ExtentReporter, d io.ReaderAt, want []byte) {
+	t.Helper()
+	size := int64(len(want))
+	ext, err := er.AllocatedExtents(e.ctx)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if !checkExtents(t, what, ext, size) {
+		return
+	}
+	if miss := uncovered(nonZeroSpans(want), toSpans(ext)); len(miss) > 0 {
+		t.Errorf("%s = %s miss non-zero bytes at %s", what, fmtSpans(toSpans(ext)), fmtSpans(miss))
+	}
+	// Bytes outside the extents read as zeros: check that reading
+	// through the extents reproduces the disk.
+	got := make([]byte, size)
+	for _, x := range ext {
+		if n, err := d.ReadAt(got[x.Offset:x.End()], x.Offset); n != int(x.Length) || (err != nil && err != io.EOF) {
+			t.Fatalf("%s: ReadAt of extent %+v: %d, %v", what, x, n, err)
+		}
+	}
+	compareBytes(t, what+": disk rebuilt from its extents", got, want)
 }
 
 func testCancel(t *testing.T, e *env) {

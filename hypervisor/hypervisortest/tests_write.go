@@ -108,6 +108,10 @@ func testDiskWriter(t *testing.T, e *env) {
 		t.Errorf("WritableDisk.Size() = %d, want %d", w.Size(), size)
 	}
 	compareBytes(t, "WritableDisk content before writing", readAll(t, "WritableDisk", w, size), sh.disks[0])
+	er, hasER := w.(hypervisor.ExtentReporter)
+	if hasER {
+		e.checkAllocated(t, "WritableDisk.AllocatedExtents before writing", er, w, sh.disks[0])
+	}
 	cr, hasCR := w.(hypervisor.ChangeReporter)
 	if hasCR && m != nil {
 		e.checkChanges(t, "WritableDisk before writing", cr, m, 0, size, sh.disks[0])
@@ -143,6 +147,9 @@ func testDiskWriter(t *testing.T, e *env) {
 		m.wrote(0, size-100, 100)
 	}
 	compareBytes(t, "WritableDisk.ReadAt after writing", readAll(t, "WritableDisk", w, size), sh.disks[0])
+	if hasER {
+		e.checkAllocated(t, "WritableDisk.AllocatedExtents after writing", er, w, sh.disks[0])
+	}
 	if n, err := w.ReadAt(make([]byte, 10), size); n != 0 || err != io.EOF {
 		t.Errorf("WritableDisk.ReadAt at Size() = %d, %v; want 0, io.EOF", n, err)
 	}
