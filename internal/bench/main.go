@@ -254,11 +254,9 @@ const (
 	hashSeed = 1002
 )
 
-func (ws *workspace) maybeDrop() error {
-	if !ws.drop {
-		return nil
-	}
-	return dropCaches()
+// settle is settle with the workspace's -drop-caches.
+func (ws *workspace) settle() error {
+	return settle(ws.drop)
 }
 
 // prepare generates the images.
@@ -456,7 +454,7 @@ func vmbackupRound(ctx context.Context, cfg config, ws *workspace, run int, chun
 		}
 	}
 	os.Remove(work)
-	if err := ws.maybeDrop(); err != nil {
+	if err := ws.settle(); err != nil {
 		return nil, err
 	}
 	rargs := append(common(ws, chunk, codec), "-step", "vmbackup-restore", "-repo", repo, "-point", out[1].Point, "-target", target)
@@ -497,7 +495,7 @@ func refRound(ctx context.Context, ws *workspace, run int, chunk int64, codec st
 	var out []Phase
 	var before int64
 	for _, s := range steps {
-		if err := ws.maybeDrop(); err != nil {
+		if err := ws.settle(); err != nil {
 			return nil, err
 		}
 		ph, err := runChild(ctx, append(append(common(ws, chunk, codec), "-repo", repo), s.args...))

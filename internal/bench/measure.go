@@ -167,6 +167,20 @@ func vmHWM() (int64, error) {
 	return 0, errors.New("no VmHWM in /proc/self/status")
 }
 
+// settle is called before every timed step, of every tool. It writes back
+// what the harness or an earlier step left dirty (image copies, removed
+// work directories), so that no step pays for another's I/O: on file://
+// vmbackup's syncfs(2) would otherwise write back the harness's copy of
+// the image, and file creation slows while ext4 commits a large removal.
+// With drop it also drops the page cache.
+func settle(drop bool) error {
+	if drop {
+		return dropCaches()
+	}
+	syscall.Sync()
+	return nil
+}
+
 // dropCaches writes dirty pages and drops the page cache, dentries and
 // inodes (needs root). Every step's input then comes from the disk.
 func dropCaches() error {

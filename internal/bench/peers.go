@@ -106,7 +106,7 @@ func runPeer(ctx context.Context, ws *workspace, p peer, run int) ([]Phase, erro
 		if err := os.Link(s.image, disk); err != nil {
 			return nil, err
 		}
-		if err := ws.maybeDrop(); err != nil {
+		if err := ws.settle(); err != nil {
 			return nil, err
 		}
 		ph, err := runTool(ctx, src, env, p.bin, p.backup(s.archive)...)
@@ -120,7 +120,7 @@ func runPeer(ctx context.Context, ws *workspace, p peer, run int) ([]Phase, erro
 		ph.Growth, before = ph.RepoBytes-before, ph.RepoBytes
 		out = append(out, ph)
 	}
-	if err := ws.maybeDrop(); err != nil {
+	if err := ws.settle(); err != nil {
 		return nil, err
 	}
 	ph, err := runTool(ctx, dst, env, p.bin, p.restore(dst, "incr")...)

@@ -109,9 +109,9 @@ func header(w io.Writer, cfg config, ws *workspace) {
 	if ws.gen < ws.size {
 		fmt.Fprintf(w, "padded: data and mutations in the first %s, a hole after\n", formatSize(ws.gen))
 	}
-	cache := "not dropped (inputs are read from the page cache; -drop-caches to drop it before every step)"
+	cache := "synced, not dropped, before every step (inputs are read from the page cache; -drop-caches to drop it)"
 	if cfg.drop {
-		cache = "dropped before every step"
+		cache = "synced and dropped before every step"
 	}
 	fmt.Fprintf(w, "machine: %s; page cache: %s\n", machine(), cache)
 }

@@ -95,10 +95,8 @@ func vmbackupChain(ctx context.Context, a chainArgs) ([]Phase, error) {
 	var out []Phase
 	var before int64
 	run := func(step string) error {
-		if a.drop {
-			if err := dropCaches(); err != nil {
-				return err
-			}
+		if err := settle(a.drop); err != nil {
+			return err
 		}
 		profile := a.cpuProfile != "" && step == a.profileStep
 		m := startPhase()
