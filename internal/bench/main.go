@@ -126,6 +126,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cfg                                            = config{out: stdout}
 		size, pad, chunk, tools, mChunks, mCodecs, dir string
 		st                                             step
+		codecsOf                                       string
 	)
 	fs.StringVar(&size, "size", "4GiB", "logical size of the image")
 	fs.StringVar(&pad, "pad", "", "grow the images to this logical size with a hole at the end (e.g. 64GiB, for vmbackup's memory at scale; the mutations stay in the first -size bytes)")
@@ -142,6 +143,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&cfg.matrix, "matrix", false, "run vmbackup (and ref, if in -tools) for every chunk size × codec, and restic and borg (if in -tools) once per run for comparison, instead")
 	fs.StringVar(&mChunks, "matrix-chunks", "256KiB,1MiB,4MiB", "chunk sizes of -matrix")
 	fs.StringVar(&mCodecs, "matrix-codecs", strings.Join(compress.Names(), ","), "codecs of -matrix")
+	fs.StringVar(&codecsOf, "codecs", "", "instead of the benchmark, cut this file into -chunk pieces and print each of -matrix-codecs' stored size and speed (real files judge a codec better than the synthetic image)")
 	fs.StringVar(&cfg.profile, "cpuprofile", "", "write a CPU profile of vmbackup's first run of -profile-step to this file")
 	fs.StringVar(&cfg.profStep, "profile-step", stepFull, "the vmbackup step -cpuprofile profiles: "+strings.Join(profileSteps, ", "))
 	fs.StringVar(&st.name, "step", "", "internal: run one step in this process")
@@ -212,6 +214,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("-matrix-codecs: %w", err)
 		}
 		cfg.mCodecs = append(cfg.mCodecs, strings.TrimSpace(c))
+	}
+	if codecsOf != "" {
+		return codecTable(stdout, codecsOf, cfg.chunk, cfg.mCodecs)
 	}
 	if cfg.dir, err = workDir(dir); err != nil {
 		return err
