@@ -153,19 +153,19 @@
 // keeps the repository as small as restic's (1.000x here). On this image
 // "zstd-fastest" stored the same size (365.8 against 367.0 MiB) for a
 // quarter to a third less CPU in the full backup, but the image's
-// compressible part is synthetic. On real files cut into 256 KiB chunks, a
-// tar of a Debian system's /usr/bin and /usr/lib (1231 MiB) took 449.4 MiB
-// with "zstd", 474.6 MiB (+5.6 %) with "zstd-fastest" and 617.5 MiB
-// (+37 %) with "s2"; Go's source tree (195 MiB) 55.7, 58.7 (+5.4 %) and
-// 78.9 MiB (+42 %). So the default stays at restic's level, and "zstd-fastest"
-// is for those who trade those 5 % for speed. "s2" is the fast setting:
-// the fastest full backup and incremental, for a repository about 5 %
-// larger on the benchmark's image (386.8 MiB) and about 40 % on real
-// files, with the restore not measurably faster: SHA-256 verification and
-// the kernel's copies remain whatever the codec. "none" is only for data
-// known to be incompressible. A plan can have both: s2 inside its backup
-// window and "zstd" after it (Recompress rewrites the window's new chunks
-// in place, ids unchanged).
+// compressible part is synthetic. On real files cut into 256 KiB chunks
+// (internal/bench -codecs FILE), a tar of a Debian system's /usr/bin and
+// /usr/lib (1231 MiB) took 449.4 MiB with "zstd", 474.6 MiB (+5.6 %) with
+// "zstd-fastest" and 617.5 MiB (+37 %) with "s2"; Go's source tree (195
+// MiB) 55.7, 58.7 (+5.5 %) and 78.9 MiB (+42 %). So the default stays at
+// restic's level, and "zstd-fastest" is for those who trade those 5 % for
+// speed. "s2" is the fast setting: the fastest full backup and
+// incremental, for a repository about 5 % larger on the benchmark's image
+// (386.8 MiB) and about 40 % on real files, with the restore not
+// measurably faster: SHA-256 verification and the kernel's copies remain
+// whatever the codec. "none" is only for data known to be incompressible.
+// A plan can have both: s2 inside its backup window and "zstd" after it
+// (Recompress rewrites the window's new chunks in place, ids unchanged).
 //
 // These figures predate durable file:// commits (next section): on this
 // VM the flush adds about 1.5 s to the 1 GiB full backup, a cost per file
