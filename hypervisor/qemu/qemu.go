@@ -205,6 +205,9 @@ var (
 	_ hypervisor.PowerController = (*Hypervisor)(nil)
 	_ hypervisor.DiskWriter      = (*Hypervisor)(nil)
 	_ hypervisor.Creator         = (*Hypervisor)(nil)
+	_ hypervisor.ExtentReporter  = (*disk)(nil)
+	_ hypervisor.ChangeReporter  = (*writable)(nil)
+	_ hypervisor.ExtentReporter  = (*writable)(nil)
 )
 
 // New returns a backend with no VMs. Close it to stop the processes it

@@ -344,9 +344,16 @@ func (k *disk) Close() error { return k.c.Close() }
 // AllocatedExtents reports the ranges that do not read as zeros
 // (base:allocation, through the backing chain).
 func (k *disk) AllocatedExtents(ctx context.Context) ([]hypervisor.Extent, error) {
-	ext, err := k.c.BlockStatus(ctx, nbd.ContextAllocation, 0, k.d.size)
+	return allocated(ctx, k.c, k.d.spec.ID, k.d.size)
+}
+
+// allocated returns the ranges of an export (negotiated with
+// nbd.ContextAllocation) that the server does not promise to read as
+// zeros.
+func allocated(ctx context.Context, c *nbd.Conn, diskID string, size int64) ([]hypervisor.Extent, error) {
+	ext, err := c.BlockStatus(ctx, nbd.ContextAllocation, 0, size)
 	if err != nil {
-		return nil, fmt.Errorf("qemu: allocation of disk %q: %w", k.d.spec.ID, err)
+		return nil, fmt.Errorf("qemu: allocation of disk %q: %w", diskID, err)
 	}
 	var out []hypervisor.Extent
 	for _, e := range ext {

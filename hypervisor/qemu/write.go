@@ -56,7 +56,7 @@ func (h *Hypervisor) OpenDiskForWrite(ctx context.Context, vmID, diskID string) 
 	if err := p.addExport(ctx, export, ds.GuestNode, true, nil); err != nil {
 		return fail(err)
 	}
-	c, err := nbd.Dial(ctx, "unix", sock, nbd.Options{Export: export, Timeout: h.opts.IOTimeout})
+	c, err := nbd.Dial(ctx, "unix", sock, nbd.Options{Export: export, MetaContexts: []string{nbd.ContextAllocation}, Timeout: h.opts.IOTimeout})
 	if err != nil {
 		return fail(err)
 	}
@@ -102,6 +102,13 @@ func (w *writable) Flush(ctx context.Context) error {
 		return fmt.Errorf("qemu: flush disk %q: %w", w.ds.ID, err)
 	}
 	return nil
+}
+
+// AllocatedExtents reports the ranges of the disk as it is now that do not
+// read as zeros, so a restore onto a new or sparse disk writes only the
+// chunks that hold data and skips the rest.
+func (w *writable) AllocatedExtents(ctx context.Context) ([]hypervisor.Extent, error) {
+	return allocated(ctx, w.c, w.ds.ID, w.size)
 }
 
 // ChangedExtents reports what changed since token on the disk as it is now
