@@ -11,8 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gocloud.dev/blob"
@@ -210,11 +210,14 @@ func (r *Repository) DeletePoint(ctx context.Context, id string) error {
 }
 
 // Index maps each chunk slot of a disk to a chunk id. Slot i covers bytes
-// [i*ChunkSize, min((i+1)*ChunkSize, Size)).
+// [i*ChunkSize, min((i+1)*ChunkSize, Size)). It holds memory only for
+// pages (PageSlots slots) that have a non-zero slot, so a large sparse
+// disk costs what its data does.
 type Index struct {
 	size      int64
 	chunkSize int
-	ids       []ChunkID
+	n         int                      // slots
+	pages     []atomic.Pointer[idPage] // nil: every slot of the page is ZeroChunk
 }
 
 // NewIndex returns an index of all-zero slots for a disk of size bytes.
@@ -234,24 +237,45 @@ func (x *Index) ChunkSize() int {
 
 // Len is the number of slots.
 func (x *Index) Len() int {
-	return len(x.ids)
+	return x.n
 }
 
 // Get returns slot i's chunk id.
 func (x *Index) Get(i int) ChunkID {
-	return x.ids[i]
+	x.check(i)
+	if p := x.pages[i/PageSlots].Load(); p != nil {
+		return p[i%PageSlots]
+	}
+	return ZeroChunk
 }
 
 // Set sets slot i's chunk id. Safe for concurrent use on distinct slots.
 func (x *Index) Set(i int, id ChunkID) {
-	x.ids[i] = id
+	x.check(i)
+	k := i / PageSlots
+	p := x.pages[k].Load()
+	if p == nil {
+		if id.IsZero() {
+			return
+		}
+		// If another slot of the page is set at the same time, one page
+		// wins and both use it.
+		x.pages[k].CompareAndSwap(nil, new(idPage))
+		p = x.pages[k].Load()
+	}
+	p[i%PageSlots] = id
 }
 
 // Clone returns an independent copy.
 func (x *Index) Clone() *Index {
-	c := *x
-	c.ids = slices.Clone(x.ids)
-	return &c
+	c := newIndex(x.size, x.chunkSize)
+	for k := range x.pages {
+		if p := x.pages[k].Load(); p != nil {
+			cp := *p
+			c.pages[k].Store(&cp)
+		}
+	}
+	return c
 }
 
 // ReadIndex loads a disk's index (verified) from its key in a DiskRecord.

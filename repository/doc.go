@@ -145,9 +145,11 @@
 // stores; 20-35 % more CPU for the full backup with compression, most of
 // it the codecs' work per call (with "none" the difference was 3 %); and
 // 32 bytes of index per 256 KiB of disk (128 KiB per GiB, 128 MiB per TiB
-// of disk for each copy of an index in memory, against 32 MiB at 1 MiB),
-// which a TiB-sized disk feels. A repository for few, huge, rarely
-// changing disks can still be made with InitOptions.ChunkSize = 1 MiB.
+// of disk for each copy of an index in memory, against 32 MiB at 1 MiB;
+// an Index in memory skips pages whose slots are all zero, so only the
+// parts of a disk that hold data count), which a large, full disk feels.
+// A repository for few, huge, rarely changing disks can still be made
+// with InitOptions.ChunkSize = 1 MiB.
 //
 // Codec: the repository default stays compress.Default ("zstd"), which
 // keeps the repository as small as restic's (1.000x here). On this image

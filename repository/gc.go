@@ -54,10 +54,8 @@ func (w *PointWriter) checkGC(ctx context.Context, m *Manifest, indexes map[stri
 		if _, err := r.readManifest(ctx, w.base.ID); errors.Is(err, ErrNotFound) {
 			var all idSet
 			for _, x := range indexes {
-				for _, id := range x.ids {
-					if !id.IsZero() {
-						all.add(id)
-					}
+				for _, id := range x.nonZero() {
+					all.add(id)
 				}
 				for _, id := range x.pageIDs() {
 					all.add(id)

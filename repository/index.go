@@ -6,8 +6,10 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"iter"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sync/errgroup"
@@ -25,13 +27,52 @@ const rootHeader = 8 + 8 + 4 + 4 + 4
 // maxRootSize bounds a root's decoded size: 2^20 pages is 4 Gi slots.
 const maxRootSize = rootHeader + 32<<20
 
+// idPage holds the ids of one index page (the last page of a disk uses
+// only its first slots).
+type idPage [PageSlots]ChunkID
+
 func newIndex(size int64, chunkSize int) *Index {
 	if size < 0 || chunkSize <= 0 {
 		panic(fmt.Sprintf("repository: NewIndex(%d, %d): negative size or non-positive chunk size", size, chunkSize))
 	}
-	n := (size + int64(chunkSize) - 1) / int64(chunkSize)
-	return &Index{size: size, chunkSize: chunkSize, ids: make([]ChunkID, n)}
+	n := int((size + int64(chunkSize) - 1) / int64(chunkSize))
+	return &Index{size: size, chunkSize: chunkSize, n: n, pages: make([]atomic.Pointer[idPage], pageCount(n))}
 }
+
+// check panics, like a slice would, if i is not a slot of x.
+func (x *Index) check(i int) {
+	if i < 0 || i >= x.n {
+		panic(fmt.Sprintf("repository: index slot %d out of range [0, %d)", i, x.n))
+	}
+}
+
+// pageLen is the number of slots of page k.
+func (x *Index) pageLen(k int) int { return min(PageSlots, x.n-k*PageSlots) }
+
+// nonZero yields the slots that hold a stored chunk, with their ids, in
+// order; pages without one cost nothing.
+func (x *Index) nonZero() iter.Seq2[int, ChunkID] {
+	return func(yield func(int, ChunkID) bool) {
+		for k := range x.pages {
+			p := x.pages[k].Load()
+			if p == nil {
+				continue
+			}
+			for j, id := range p[:x.pageLen(k)] {
+				if !id.IsZero() && !yield(k*PageSlots+j, id) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// zeroPage is the plaintext of an index page of zero slots (sliced to the
+// page's length), shared and never written.
+var zeroPage = make([]byte, PageSlots*len(ChunkID{}))
+
+// zeroPageID is the id of a whole page of zero slots.
+var zeroPageID = sync.OnceValue(func() ChunkID { return sha256.Sum256(zeroPage) })
 
 // slotLen is the number of disk bytes slot i covers.
 func (x *Index) slotLen(i int) int {
@@ -46,8 +87,11 @@ func pageCount(n int) int { return (n + PageSlots - 1) / PageSlots }
 // view of x's own memory, not a copy: the caller must not change it, and
 // it changes with Set.
 func (x *Index) page(k int) []byte {
-	lo, hi := k*PageSlots, min((k+1)*PageSlots, len(x.ids))
-	return idBytes(x.ids[lo:hi])
+	p := x.pages[k].Load()
+	if p == nil {
+		return zeroPage[:x.pageLen(k)*len(ChunkID{})]
+	}
+	return idBytes(p[:x.pageLen(k)])
 }
 
 // idBytes returns the memory of ids as bytes: a [32]byte array has no
@@ -65,8 +109,12 @@ func idBytes(ids []ChunkID) []byte {
 
 // pageIDs returns the id of every page of x.
 func (x *Index) pageIDs() []ChunkID {
-	ids := make([]ChunkID, pageCount(len(x.ids)))
+	ids := make([]ChunkID, len(x.pages))
 	for k := range ids {
+		if x.pages[k].Load() == nil && x.pageLen(k) == PageSlots {
+			ids[k] = zeroPageID()
+			continue
+		}
 		ids[k] = sha256.Sum256(x.page(k))
 	}
 	return ids
@@ -171,14 +219,39 @@ func (r *Repository) readIndex(ctx context.Context, key string, pages func(Chunk
 		return nil, err
 	}
 	x := newIndex(rt.size, rt.chunkSize)
+	if len(rt.pages) != len(x.pages) {
+		return nil, fmt.Errorf("read index %s: %d pages for %d slots: %w", key, len(rt.pages), x.n, ErrCorrupt)
+	}
+	// Pages of zero slots are verified like the others but not kept; the
+	// buffer that read one is reused.
+	spare := make(chan *idPage, max(r.opts.Concurrency, 1))
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(r.opts.Concurrency)
+	g.SetLimit(cap(spare))
 	for k, pid := range rt.pages {
 		if pages != nil {
 			pages(pid)
 		}
-		lo, hi := k*PageSlots, min((k+1)*PageSlots, len(x.ids))
-		g.Go(func() error { return r.readPage(gctx, key, k, pid, x.ids[lo:hi]) })
+		g.Go(func() error {
+			var p *idPage
+			select {
+			case p = <-spare:
+			default:
+				p = new(idPage)
+			}
+			ids := p[:x.pageLen(k)]
+			if err := r.readPage(gctx, key, k, pid, ids); err != nil {
+				return err
+			}
+			if b := idBytes(ids); bytes.Equal(b, zeroPage[:len(b)]) {
+				select {
+				case spare <- p:
+				default:
+				}
+				return nil
+			}
+			x.pages[k].Store(p)
+			return nil
+		})
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err

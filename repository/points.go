@@ -355,10 +355,7 @@ func (w *PointWriter) checkIndexes(ctx context.Context, m *Manifest, indexes map
 			w.mu.RUnlock()
 			return fmt.Errorf("disk %s: index covers %d bytes in %d-byte chunks, disk is %d bytes in %d-byte chunks", d.ID, x.size, x.chunkSize, d.Size, w.r.cfg.ChunkSize)
 		}
-		for _, id := range x.ids {
-			if id.IsZero() {
-				continue
-			}
+		for _, id := range x.nonZero() {
 			if _, ok := w.known[id]; !ok {
 				unknown = append(unknown, id)
 			}

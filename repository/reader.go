@@ -29,11 +29,11 @@ func (d *DiskReader) chunkError(i int, id ChunkID, err error) error {
 }
 
 func (d *DiskReader) readChunk(ctx context.Context, i int, dst []byte) ([]byte, error) {
-	if i < 0 || i >= len(d.idx.ids) {
-		return dst, fmt.Errorf("point %s disk %s: slot %d out of range [0, %d)", d.pointID, d.disk.ID, i, len(d.idx.ids))
+	if i < 0 || i >= d.idx.Len() {
+		return dst, fmt.Errorf("point %s disk %s: slot %d out of range [0, %d)", d.pointID, d.disk.ID, i, d.idx.Len())
 	}
 	n := d.idx.slotLen(i)
-	id := d.idx.ids[i]
+	id := d.idx.Get(i)
 	if id.IsZero() {
 		return append(dst, make([]byte, n)...), nil
 	}
@@ -66,7 +66,7 @@ func (d *DiskReader) readAt(p []byte, off int64) (int, error) {
 		i := int(pos / cs)
 		in := int(pos - int64(i)*cs)
 		n := min(len(p)-done, d.idx.slotLen(i)-in)
-		id := d.idx.ids[i]
+		id := d.idx.Get(i)
 		if id.IsZero() {
 			clear(p[done : done+n])
 			done += n

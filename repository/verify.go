@@ -118,7 +118,7 @@ func (r *Repository) verify(ctx context.Context, o *VerifyOptions) (*VerifyRepor
 				continue // reported while collecting
 			}
 			seen := map[ChunkID]bool{}
-			for i, id := range x.ids {
+			for i, id := range x.nonZero() {
 				err, isBad := broken[id]
 				if !isBad || seen[id] {
 					continue
