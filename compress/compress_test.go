@@ -132,6 +132,10 @@ func TestRoundTrip(t *testing.T) {
 					t.Fatalf("round trip changed the data: got %d bytes, want %d", len(got), len(in.data))
 				}
 
+				if got, err := DecodeWithoutChecksum(nil, enc, max(len(in.data), 1)); err != nil || !bytes.Equal(got, in.data) {
+					t.Fatalf("DecodeWithoutChecksum: %d bytes, %v; want the data", len(got), err)
+				}
+
 				// Both append to what the caller passes in.
 				enc2 := Encode([]byte("head"), c, in.data)
 				if !bytes.Equal(enc2, append([]byte("head"), enc...)) {
@@ -328,33 +332,41 @@ func TestDecodeCorrupt(t *testing.T) {
 	}
 	// 4 MiB of zeros make a tiny zstd frame whose header claims 4 MiB.
 	big := mustEncode(t, "zstd-fastest", zeros(4<<20))
+	// What DecodeWithoutChecksum does with each: the same error as Decode
+	// unless noted.
+	const (
+		sameError    = ""
+		decodes      = "decodes"        // to src: only the checksum was hit
+		errOrAltered = "err or altered" // an error, or content that differs
+	)
 	for _, tc := range []struct {
 		name    string
 		in      []byte
 		maxSize int
 		want    string // in the message
+		nocrc   string
 	}{
-		{"empty", nil, chunkSize, "no tag"},
-		{"unknown tag 0x03", append([]byte{0x03}, src[:100]...), chunkSize, "unknown tag 0x03"},
-		{"unknown tag 0xff", []byte{0xff}, chunkSize, "unknown tag 0xff"},
-		{"raw over limit", append([]byte{0}, src...), len(src) - 1, "exceeds limit"},
-		{"zstd tag only", []byte{byte(TagZstd)}, chunkSize, "zstd chunk"},
-		{"zstd garbage", append([]byte{byte(TagZstd)}, random(1000, 9)...), chunkSize, "zstd chunk"},
-		{"zstd truncated", zs[:len(zs)/2], chunkSize, "zstd chunk"},
-		{"zstd truncated header", zs[:4], chunkSize, "zstd chunk"},
-		{"zstd flipped byte", flip(zs, len(zs)/2), chunkSize, "zstd chunk"},
-		{"zstd flipped checksum", flip(zs, len(zs)-1), chunkSize, "zstd chunk"},
-		{"zstd trailing garbage", append(bytes.Clone(zs), 1, 2, 3, 4, 5, 6, 7, 8), chunkSize, "zstd chunk"},
-		{"zstd two frames", append(bytes.Clone(zs), zs[1:]...), chunkSize, "zstd chunk"},
-		{"zstd over limit", big, chunkSize, "limit is 1048576"},
-		{"zstd skippable frame", append([]byte{byte(TagZstd), 0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0}, 1, 2, 3, 4), chunkSize, "skippable"},
-		{"s2 tag only", []byte{byte(TagS2)}, chunkSize, "s2 chunk"},
-		{"s2 garbage", append([]byte{byte(TagS2)}, random(1000, 10)...), chunkSize, "s2 chunk"},
-		{"s2 truncated", s2b[:len(s2b)/2], chunkSize, "s2 chunk"},
-		{"s2 over limit", s2b, len(src) - 1, "limit is 65535"},
-		{"s2 huge length", []byte{byte(TagS2), 0xff, 0xff, 0xff, 0xff, 0x0f}, chunkSize, "s2 chunk"},
-		{"s2 length overflow", []byte{byte(TagS2), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, chunkSize, "s2 chunk"},
-		{"s2 trailing garbage", append(bytes.Clone(s2b), 1, 2, 3), chunkSize, "s2 chunk"},
+		{"empty", nil, chunkSize, "no tag", sameError},
+		{"unknown tag 0x03", append([]byte{0x03}, src[:100]...), chunkSize, "unknown tag 0x03", sameError},
+		{"unknown tag 0xff", []byte{0xff}, chunkSize, "unknown tag 0xff", sameError},
+		{"raw over limit", append([]byte{0}, src...), len(src) - 1, "exceeds limit", sameError},
+		{"zstd tag only", []byte{byte(TagZstd)}, chunkSize, "zstd chunk", sameError},
+		{"zstd garbage", append([]byte{byte(TagZstd)}, random(1000, 9)...), chunkSize, "zstd chunk", sameError},
+		{"zstd truncated", zs[:len(zs)/2], chunkSize, "zstd chunk", sameError},
+		{"zstd truncated header", zs[:4], chunkSize, "zstd chunk", sameError},
+		{"zstd flipped byte", flip(zs, len(zs)/2), chunkSize, "zstd chunk", errOrAltered},
+		{"zstd flipped checksum", flip(zs, len(zs)-1), chunkSize, "zstd chunk", decodes},
+		{"zstd trailing garbage", append(bytes.Clone(zs), 1, 2, 3, 4, 5, 6, 7, 8), chunkSize, "zstd chunk", sameError},
+		{"zstd two frames", append(bytes.Clone(zs), zs[1:]...), chunkSize, "zstd chunk", sameError},
+		{"zstd over limit", big, chunkSize, "limit is 1048576", sameError},
+		{"zstd skippable frame", append([]byte{byte(TagZstd), 0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0}, 1, 2, 3, 4), chunkSize, "skippable", sameError},
+		{"s2 tag only", []byte{byte(TagS2)}, chunkSize, "s2 chunk", sameError},
+		{"s2 garbage", append([]byte{byte(TagS2)}, random(1000, 10)...), chunkSize, "s2 chunk", sameError},
+		{"s2 truncated", s2b[:len(s2b)/2], chunkSize, "s2 chunk", sameError},
+		{"s2 over limit", s2b, len(src) - 1, "limit is 65535", sameError},
+		{"s2 huge length", []byte{byte(TagS2), 0xff, 0xff, 0xff, 0xff, 0x0f}, chunkSize, "s2 chunk", sameError},
+		{"s2 length overflow", []byte{byte(TagS2), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, chunkSize, "s2 chunk", sameError},
+		{"s2 trailing garbage", append(bytes.Clone(s2b), 1, 2, 3), chunkSize, "s2 chunk", sameError},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dst := []byte("keep")
@@ -367,6 +379,20 @@ func TestDecodeCorrupt(t *testing.T) {
 			}
 			if string(got) != "keep" {
 				t.Errorf("Decode returned %q on error, want dst unchanged", got)
+			}
+
+			got, err = DecodeWithoutChecksum(dst, tc.in, tc.maxSize)
+			switch {
+			case tc.nocrc == decodes:
+				if err != nil || !bytes.Equal(got, append([]byte("keep"), src...)) {
+					t.Errorf("DecodeWithoutChecksum: %d bytes, %v; want the content", len(got), err)
+				}
+			case tc.nocrc == errOrAltered && err == nil:
+				if bytes.Equal(got, append([]byte("keep"), src...)) {
+					t.Errorf("DecodeWithoutChecksum of altered input gave the original content")
+				}
+			case !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.want):
+				t.Errorf("DecodeWithoutChecksum error = %v, want ErrCorrupt with %q", err, tc.want)
 			}
 		})
 	}

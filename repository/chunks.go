@@ -151,7 +151,7 @@ func (r *Repository) loadObject(ctx context.Context, key string, id ChunkID, max
 	defer r.putBuf(bp)
 	enc := *bp
 	start := len(dst)
-	out, err := compress.Decode(dst, enc, maxSize)
+	out, err := compress.DecodeWithoutChecksum(dst, enc, maxSize) // verified by its SHA-256 below
 	if err != nil {
 		return dst, fmt.Errorf("decode %s: %w: %w", key, err, ErrCorrupt)
 	}
