@@ -49,11 +49,11 @@
 //
 // Pooling: each zstd level has one *zstd.Encoder, created on first use,
 // whose EncodeAll is safe for concurrent use and keeps up to GOMAXPROCS
-// encoder states in its own pool; one *zstd.Decoder (one more for
-// DecodeWithoutChecksum) serves every Decode
-// the same way. s2 block coding keeps no state between calls. No encoder or
-// decoder state is allocated per chunk, and both Encode and Decode append to
-// the caller's dst so buffers can be reused.
+// encoder states in its own pool; one *zstd.Decoder (and one for
+// DecodeWithoutChecksum) serves every Decode the same way. s2 block coding
+// keeps no state between calls. No encoder or decoder state is allocated
+// per chunk, and both Encode and Decode append to the caller's dst so
+// buffers can be reused.
 //
 // zstd frames carry a content checksum (xxhash64, 4 bytes): it costs
 // nothing measurable when encoding, and it lets Decode itself report most
