@@ -484,6 +484,7 @@ func refRound(ctx context.Context, ws *workspace, run int, chunk int64, codec st
 	}
 	defer os.RemoveAll(dir)
 	repo, target := filepath.Join(dir, "repo"), filepath.Join(dir, "restored.raw")
+	packRepo := filepath.Join(dir, "packs")
 	steps := []struct {
 		step string
 		args []string
@@ -493,6 +494,7 @@ func refRound(ctx context.Context, ws *workspace, run int, chunk int64, codec st
 		{stepIncrHash, []string{"-step", "ref-incr-hash", "-image", ws.mut2, "-base", "cbt", "-index", "hash"}},
 		{stepRestore, []string{"-step", "ref-restore", "-index", "cbt", "-target", target}},
 		{stepRestoreDirect, []string{"-step", "ref-restore-direct", "-index", "cbt", "-target", target}},
+		{stepFullPacks, []string{"-step", "ref-full-packs", "-image", ws.base, "-repo", packRepo}},
 	}
 	if !restore {
 		steps = steps[:2]
@@ -513,6 +515,10 @@ func refRound(ctx context.Context, ws *workspace, run int, chunk int64, codec st
 				return nil, fmt.Errorf("ref restore is wrong: %w", err)
 			}
 			p.Verified = true
+		} else if s.step == stepFullPacks {
+			if p.RepoBytes, p.RepoFiles, err = dirUsage(packRepo); err != nil {
+				return nil, err
+			}
 		} else {
 			if p.RepoBytes, p.RepoFiles, err = dirUsage(repo); err != nil {
 				return nil, err
@@ -563,6 +569,12 @@ func runStep(ctx context.Context, cfg config, st step, stdout io.Writer) error {
 			return err
 		}
 		phases = []Phase{{Step: strings.TrimPrefix(st.name, "ref-"), Read: s.read, Stored: s.stored}}
+	case "ref-full-packs":
+		s, err := refFullPack(ctx, st.repo, st.image, cfg.chunk, cfg.codec)
+		if err != nil {
+			return err
+		}
+		phases = []Phase{{Step: stepFullPacks, Read: s.read, Stored: s.stored}}
 	case "ref-restore", "ref-restore-direct":
 		n, err := refRestore(ctx, st.repo, st.index, st.target, cfg.chunk, st.name == "ref-restore-direct")
 		if err != nil {

@@ -28,6 +28,8 @@ const (
 	stepRestore  = "restore"
 	// stepRestoreDirect is ref's restore with O_DIRECT writes.
 	stepRestoreDirect = "restore-direct"
+	// stepFullPacks is ref's full backup into pack files.
+	stepFullPacks = "full-packs"
 )
 
 // profileSteps are the vmbackup steps -profile-step can name.
