@@ -10,7 +10,8 @@ package main
 // repository has it (known from the previous point's index, else one stat),
 // compress it with the codec vmbackup uses, and write it
 // as one file (chunks/<2 hex>/<64 hex>). The index (one id per slot) is one
-// file. The incremental with change tracking handles only the chunks that
+// file. A backup ends with syncfs(2): like vmbackup's (and restic's), it
+// is done when its data is durable. The incremental with change tracking handles only the chunks that
 // the mutation touched (as a hypervisor's dirty bitmap would report them);
 // the one without reads and hashes every allocated chunk. Restore reads the
 // index, and on every core reads, decompresses, verifies (SHA-256) and
@@ -34,6 +35,7 @@ import (
 	"unsafe"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/vmbackup/vmbackup/compress"
 )
@@ -248,7 +250,10 @@ func refFull(ctx context.Context, repoDir, image, name string, cs int64, codec s
 	if err != nil {
 		return st, err
 	}
-	return st, r.writeIndex(name, x)
+	if err := r.writeIndex(name, x); err != nil {
+		return st, err
+	}
+	return st, syncFS(repoDir)
 }
 
 // refIncremental backs up image as a new index name based on index base.
@@ -293,7 +298,10 @@ func refIncremental(ctx context.Context, repoDir, image, base, name string, cs i
 	if err != nil {
 		return st, err
 	}
-	return st, r.writeIndex(name, x)
+	if err := r.writeIndex(name, x); err != nil {
+		return st, err
+	}
+	return st, syncFS(repoDir)
 }
 
 // refRestore writes index name into a new sparse file target. With direct,
@@ -505,6 +513,23 @@ func refFullPack(ctx context.Context, repoDir, image string, cs int64, codec str
 			}
 		})
 	}
-	err = g.Wait()
+	if err = g.Wait(); err == nil {
+		err = syncFS(repoDir)
+	}
 	return refBackupStats{read.Load(), stored.Load()}, err
+}
+
+// syncFS makes what a ref backup wrote durable before it counts as done,
+// as vmbackup does before it writes a manifest (and restic fsyncs its
+// packs): syncfs(2) on the repository's filesystem, timed with the step.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return &os.PathError{Op: "syncfs", Path: dir, Err: err}
+	}
+	return nil
 }

@@ -161,7 +161,7 @@ func report(w io.Writer, cfg config, ws *workspace, tools []string, res *results
 		}
 	}
 	if slices.Contains(res.tools, "ref") {
-		fmt.Fprintln(w, "  ref: allocated extents, SHA-256, zero chunks skipped, same chunk size and codec as vmbackup, one file per chunk, all cores; restore through the page cache, restore-direct with O_DIRECT writes; full-packs: the full backup with chunks appended to 16 MiB pack files instead")
+		fmt.Fprintln(w, "  ref: allocated extents, SHA-256, zero chunks skipped, same chunk size and codec as vmbackup, one file per chunk, all cores, synced (syncfs) at the end of each backup; restore through the page cache, restore-direct with O_DIRECT writes; full-packs: the full backup with chunks appended to 16 MiB pack files instead")
 	}
 	for _, t := range []string{"vmbackup"} {
 		for _, st := range res.steps[t] {
