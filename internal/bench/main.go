@@ -259,7 +259,7 @@ const (
 	hashSeed = 1002
 )
 
-// settle is settle with the workspace's -drop-caches.
+// settle calls settle with the workspace's -drop-caches setting.
 func (ws *workspace) settle() error {
 	return settle(ws.drop)
 }
@@ -494,6 +494,8 @@ func refRound(ctx context.Context, ws *workspace, run int, chunk int64, codec st
 		{stepIncrHash, []string{"-step", "ref-incr-hash", "-image", ws.mut2, "-base", "cbt", "-index", "hash"}},
 		{stepRestore, []string{"-step", "ref-restore", "-index", "cbt", "-target", target}},
 		{stepRestoreDirect, []string{"-step", "ref-restore-direct", "-index", "cbt", "-target", target}},
+		// Its own repository: this -repo comes after the common one, and
+		// the last of a repeated flag wins.
 		{stepFullPacks, []string{"-step", "ref-full-packs", "-image", ws.base, "-repo", packRepo}},
 	}
 	if !restore {
