@@ -1,6 +1,10 @@
 package repository
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+
+	"github.com/vmbackup/vmbackup/internal/fsflush"
+)
 
 // flushEvery is how many bytes a file:// repository takes between two
 // background flushes.
@@ -25,6 +29,6 @@ func (f *flusher) wrote(n int64) {
 	f.pending.Store(0)
 	go func() {
 		defer f.running.Store(false)
-		flushFS(f.dir) // an error shows again at Commit's flush
+		fsflush.Flush(f.dir) // an error shows again at Commit's flush
 	}()
 }

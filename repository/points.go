@@ -15,6 +15,8 @@ import (
 	"sync"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/vmbackup/vmbackup/internal/fsflush"
 )
 
 // ManifestVersion is the manifest format this code writes and the newest
@@ -296,7 +298,7 @@ func (w *PointWriter) commit(ctx context.Context, m *Manifest, indexes map[strin
 		// its write; a local filesystem only when told. Without this, a
 		// power loss after the (synced) manifest could leave it naming
 		// chunks and index pages that never reached the disk.
-		if err := flushFS(r.localDir); err != nil {
+		if err := fsflush.Flush(r.localDir); err != nil {
 			return fmt.Errorf("commit point: flush %s: %w", r.localDir, err)
 		}
 	}

@@ -35,9 +35,9 @@ import (
 	"unsafe"
 
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
 
 	"github.com/vmbackup/vmbackup/compress"
+	"github.com/vmbackup/vmbackup/internal/fsflush"
 )
 
 // refRepo is the reference pipeline's repository: a directory.
@@ -253,7 +253,7 @@ func refFull(ctx context.Context, repoDir, image, name string, cs int64, codec s
 	if err := r.writeIndex(name, x); err != nil {
 		return st, err
 	}
-	return st, syncFS(repoDir)
+	return st, fsflush.Flush(repoDir)
 }
 
 // refIncremental backs up image as a new index name based on index base.
@@ -301,7 +301,7 @@ func refIncremental(ctx context.Context, repoDir, image, base, name string, cs i
 	if err := r.writeIndex(name, x); err != nil {
 		return st, err
 	}
-	return st, syncFS(repoDir)
+	return st, fsflush.Flush(repoDir)
 }
 
 // refRestore writes index name into a new sparse file target. With direct,
@@ -514,22 +514,7 @@ func refFullPack(ctx context.Context, repoDir, image string, cs int64, codec str
 		})
 	}
 	if err = g.Wait(); err == nil {
-		err = syncFS(repoDir)
+		err = fsflush.Flush(repoDir)
 	}
 	return refBackupStats{read.Load(), stored.Load()}, err
-}
-
-// syncFS makes what a ref backup wrote durable before it counts as done,
-// as vmbackup does before it writes a manifest (and restic fsyncs its
-// packs): syncfs(2) on the repository's filesystem, timed with the step.
-func syncFS(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return &os.PathError{Op: "syncfs", Path: dir, Err: err}
-	}
-	return nil
 }

@@ -1,4 +1,4 @@
-package repository
+package fsflush
 
 import (
 	"os"
@@ -6,10 +6,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// flushFS makes every write to the filesystem holding dir durable, with
-// syncfs(2): one call for the thousands of chunk files a backup wrote,
-// instead of an fsync each.
-func flushFS(dir string) error {
+// Flush makes every write to the filesystem holding dir durable, with
+// syncfs(2): one call for the thousands of files a backup wrote, instead
+// of an fsync each.
+func Flush(dir string) error {
 	f, err := os.Open(dir)
 	if err != nil {
 		return err
