@@ -63,7 +63,7 @@ func TestRefPipeline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	full, err := refFull(ctx, repo, base, "full", cs, "zstd")
+	full, err := refFull(ctx, repo, base, "full", cs, "zstd", false)
 	if err != nil {
 		t.Fatal(err)
 	}

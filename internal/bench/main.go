@@ -558,7 +558,7 @@ func runStep(ctx context.Context, cfg config, st step, stdout io.Writer) error {
 		var err error
 		switch st.name {
 		case "ref-full":
-			s, err = refFull(ctx, st.repo, st.image, st.index, cfg.chunk, cfg.codec)
+			s, err = refFull(ctx, st.repo, st.image, st.index, cfg.chunk, cfg.codec, false)
 		case "ref-incr-cbt":
 			var offs []int64
 			if offs, err = readOffsets(st.changed); err == nil {
@@ -572,7 +572,7 @@ func runStep(ctx context.Context, cfg config, st step, stdout io.Writer) error {
 		}
 		phases = []Phase{{Step: strings.TrimPrefix(st.name, "ref-"), Read: s.read, Stored: s.stored}}
 	case "ref-full-packs":
-		s, err := refFullPack(ctx, st.repo, st.image, cfg.chunk, cfg.codec)
+		s, err := refFull(ctx, st.repo, st.image, "full", cfg.chunk, cfg.codec, true)
 		if err != nil {
 			return err
 		}

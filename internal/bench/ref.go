@@ -48,22 +48,70 @@ type refRepo struct {
 
 	mu   sync.Mutex
 	have map[[32]byte]bool // chunks known to be stored
+
+	// packs: chunks are appended to pack files of about packSize bytes
+	// (one open pack per worker) instead of one file each, with no stat
+	// before writing: this prices the one-file-per-chunk layout.
+	packs   bool
+	packSeq atomic.Int64
 }
 
-func openRefRepo(dir string, chunkSize int64, codec string) (*refRepo, error) {
+// packSize is the size at which a worker starts a new pack file.
+const packSize = 16 << 20
+
+// packFile is a worker's open pack.
+type packFile struct {
+	f *os.File
+	n int64
+}
+
+// write appends enc to the worker's pack, starting a new one when full.
+func (p *packFile) write(r *refRepo, enc []byte) error {
+	if p.f == nil || p.n >= packSize {
+		if err := p.close(); err != nil {
+			return err
+		}
+		f, err := os.Create(filepath.Join(r.dir, "packs", fmt.Sprint(r.packSeq.Add(1))))
+		if err != nil {
+			return err
+		}
+		p.f, p.n = f, 0
+	}
+	_, err := p.f.Write(enc)
+	p.n += int64(len(enc))
+	return err
+}
+
+func (p *packFile) close() error {
+	if p.f == nil {
+		return nil
+	}
+	err := p.f.Close()
+	p.f = nil
+	return err
+}
+
+func openRefRepo(dir string, chunkSize int64, codec string, packs bool) (*refRepo, error) {
 	c, err := compress.Lookup(codec)
 	if err != nil {
 		return nil, err
 	}
-	for i := range 256 {
-		if err := os.MkdirAll(filepath.Join(dir, "chunks", fmt.Sprintf("%02x", i)), 0o755); err != nil {
+	dirs := []string{"packs"}
+	if !packs {
+		dirs = dirs[:0]
+		for i := range 256 {
+			dirs = append(dirs, filepath.Join("chunks", fmt.Sprintf("%02x", i)))
+		}
+	}
+	for _, d := range dirs {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, err
 		}
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "index"), 0o755); err != nil {
 		return nil, err
 	}
-	return &refRepo{dir: dir, codec: c, cs: chunkSize, have: map[[32]byte]bool{}}, nil
+	return &refRepo{dir: dir, codec: c, cs: chunkSize, have: map[[32]byte]bool{}, packs: packs}, nil
 }
 
 func (r *refRepo) chunkPath(id [32]byte) string {
@@ -144,9 +192,15 @@ func (r *refRepo) backup(ctx context.Context, image string, x *refIndex, slots [
 	var read, stored atomic.Int64
 	g, ctx := errgroup.WithContext(ctx)
 	for range runtime.GOMAXPROCS(0) {
-		g.Go(func() error {
+		g.Go(func() (err error) {
 			buf := make([]byte, r.cs)
 			var enc []byte
+			var pack packFile
+			defer func() {
+				if cerr := pack.close(); err == nil {
+					err = cerr
+				}
+			}()
 			for {
 				k := int(next.Add(1) - 1)
 				if k >= len(slots) || ctx.Err() != nil {
@@ -180,11 +234,18 @@ func (r *refRepo) backup(ctx context.Context, image string, x *refIndex, slots [
 				}
 				// Not in the base point: ask the repository, as a
 				// PointWriter asks its bucket.
-				if _, err := os.Stat(r.chunkPath(id)); err == nil {
-					continue
+				if !r.packs {
+					if _, err := os.Stat(r.chunkPath(id)); err == nil {
+						continue
+					}
 				}
 				enc = compress.Encode(enc[:0], r.codec, p)
-				if err := os.WriteFile(r.chunkPath(id), enc, 0o644); err != nil {
+				if r.packs {
+					err = pack.write(r, enc)
+				} else {
+					err = os.WriteFile(r.chunkPath(id), enc, 0o644)
+				}
+				if err != nil {
 					return err
 				}
 				stored.Add(int64(len(enc)))
@@ -235,9 +296,10 @@ func allocatedSlots(image string, cs int64) (size int64, slots []int, err error)
 	return size, slots, nil
 }
 
-// refFull backs up image into a new index named name.
-func refFull(ctx context.Context, repoDir, image, name string, cs int64, codec string) (refBackupStats, error) {
-	r, err := openRefRepo(repoDir, cs, codec)
+// refFull backs up image into a new index named name, into pack files
+// if packs (see refRepo).
+func refFull(ctx context.Context, repoDir, image, name string, cs int64, codec string, packs bool) (refBackupStats, error) {
+	r, err := openRefRepo(repoDir, cs, codec, packs)
 	if err != nil {
 		return refBackupStats{}, err
 	}
@@ -261,7 +323,7 @@ func refFull(ctx context.Context, repoDir, image, name string, cs int64, codec s
 // report them) only the chunks they touch are read; without, every
 // allocated chunk is read and hashed, and only new ones are stored.
 func refIncremental(ctx context.Context, repoDir, image, base, name string, cs int64, codec string, changed []int64, blockSize int64, tracked bool) (refBackupStats, error) {
-	r, err := openRefRepo(repoDir, cs, codec)
+	r, err := openRefRepo(repoDir, cs, codec, false)
 	if err != nil {
 		return refBackupStats{}, err
 	}
@@ -310,7 +372,7 @@ func refIncremental(ctx context.Context, repoDir, image, base, name string, cs i
 // that is not a multiple of the logical block size (the last one) goes
 // through the page cache.
 func refRestore(ctx context.Context, repoDir, name, target string, cs int64, direct bool) (written int64, err error) {
-	r, err := openRefRepo(repoDir, cs, compress.Default)
+	r, err := openRefRepo(repoDir, cs, compress.Default, false)
 	if err != nil {
 		return 0, err
 	}
@@ -415,106 +477,4 @@ func readFileInto(dst []byte, path string) ([]byte, error) {
 		return dst, fmt.Errorf("read %s: %w", path, err)
 	}
 	return dst[:len(dst)+n], nil
-}
-
-// packSize is the size at which refFullPack starts a new pack file.
-const packSize = 16 << 20
-
-// refFullPack is refFull with the chunks appended to pack files of about
-// packSize bytes (one open pack per worker) instead of one file per chunk,
-// and no index written: it prices the one-file-per-chunk layout, by how
-// much a repository of packs (as restic's) could make the full backup
-// faster on this machine.
-func refFullPack(ctx context.Context, repoDir, image string, cs int64, codec string) (refBackupStats, error) {
-	c, err := compress.Lookup(codec)
-	if err != nil {
-		return refBackupStats{}, err
-	}
-	dir := filepath.Join(repoDir, "packs")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return refBackupStats{}, err
-	}
-	size, slots, err := allocatedSlots(image, cs)
-	if err != nil {
-		return refBackupStats{}, err
-	}
-	f, err := os.Open(image)
-	if err != nil {
-		return refBackupStats{}, err
-	}
-	defer f.Close()
-	ext, err := dataExtents(f, size)
-	if err != nil {
-		return refBackupStats{}, err
-	}
-	var (
-		mu           sync.Mutex
-		have         = map[[32]byte]bool{}
-		next, packs  atomic.Int64
-		read, stored atomic.Int64
-	)
-	g, ctx := errgroup.WithContext(ctx)
-	for range runtime.GOMAXPROCS(0) {
-		g.Go(func() (err error) {
-			buf := make([]byte, cs)
-			var enc []byte
-			var pack *os.File
-			var inPack int64
-			defer func() {
-				if pack != nil {
-					if cerr := pack.Close(); err == nil {
-						err = cerr
-					}
-				}
-			}()
-			for {
-				k := int(next.Add(1) - 1)
-				if k >= len(slots) || ctx.Err() != nil {
-					return ctx.Err()
-				}
-				off := int64(slots[k]) * cs
-				end := min(off+cs, size)
-				p := buf[:end-off]
-				clear(p)
-				for _, e := range within(ext, off, end) {
-					if _, err := f.ReadAt(p[e.off-off:e.off+e.n-off], e.off); err != nil {
-						return fmt.Errorf("read %s at %d: %w", image, e.off, err)
-					}
-					read.Add(e.n)
-				}
-				if isZero(p) {
-					continue
-				}
-				id := sha256.Sum256(p)
-				mu.Lock()
-				dup := have[id]
-				have[id] = true
-				mu.Unlock()
-				if dup {
-					continue
-				}
-				enc = compress.Encode(enc[:0], c, p)
-				if pack == nil || inPack >= packSize {
-					if pack != nil {
-						if err := pack.Close(); err != nil {
-							return err
-						}
-					}
-					if pack, err = os.Create(filepath.Join(dir, fmt.Sprint(packs.Add(1)))); err != nil {
-						return err
-					}
-					inPack = 0
-				}
-				if _, err := pack.Write(enc); err != nil {
-					return err
-				}
-				inPack += int64(len(enc))
-				stored.Add(int64(len(enc)))
-			}
-		})
-	}
-	if err = g.Wait(); err == nil {
-		err = fsflush.Flush(repoDir)
-	}
-	return refBackupStats{read.Load(), stored.Load()}, err
 }
