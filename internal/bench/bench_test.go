@@ -309,3 +309,33 @@ func squeeze(s string) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestCodecTable: -codecs reads the file in chunks (the last one short),
+// lists the default codec first and compares every codec with it; "none"
+// stores each chunk with its one-byte tag.
+func TestCodecTable(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "text")
+	data := bytes.Repeat([]byte("a log line that repeats itself, again and again\n"), 4000) // 196000 bytes
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := codecTable(&out, path, 64<<10, []string{"none", "zstd"}); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("output has %d lines, want 4:\n%s", len(lines), out.String())
+	}
+	zstd, none := strings.Fields(lines[2]), strings.Fields(lines[3])
+	if zstd[0] != "zstd" || zstd[3] != "+0.0" || none[0] != "none" {
+		t.Errorf("rows in the wrong order or zstd not the base:\n%s", out.String())
+	}
+	// 196000 bytes in 3 full chunks and a short one, 4 tag bytes.
+	if want := fmt.Sprintf("%.3f", 196000.0/196004); none[2] != want {
+		t.Errorf("none's ratio %s, want %s", none[2], want)
+	}
+	if err := codecTable(&out, filepath.Join(t.TempDir(), "missing"), 64<<10, []string{"zstd"}); err == nil {
+		t.Error("a missing file gave no error")
+	}
+}

@@ -16,30 +16,6 @@ import (
 // compressible part, and a codec's cost in repository size is better
 // judged on real files (a tar of /usr, a source tree, a VM image).
 func codecTable(w io.Writer, path string, chunk int64, codecs []string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	var chunks [][]byte
-	var plain int64
-	for {
-		b := make([]byte, chunk)
-		n, err := io.ReadFull(f, b)
-		if n > 0 {
-			chunks = append(chunks, b[:n])
-			plain += int64(n)
-		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("read %s: %w", path, err)
-		}
-	}
-	if plain == 0 {
-		return fmt.Errorf("%s is empty", path)
-	}
 	// The default codec goes first: every other is compared with it.
 	order := []string{compress.Default}
 	for _, c := range codecs {
@@ -49,25 +25,54 @@ func codecTable(w io.Writer, path string, chunk int64, codecs []string) error {
 	}
 	var base int64
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(w, "%s: %s MiB in %s chunks, one core\n", path, mibNum(plain), formatSize(chunk))
-	fmt.Fprintf(tw, "codec\tstored MiB\tratio\tvs %s\tMB/s\t\n", compress.Default)
-	for _, name := range order {
+	for k, name := range order {
 		c, err := compress.Lookup(name)
 		if err != nil {
 			return err
 		}
-		var out int64
-		var dst []byte
-		start := time.Now()
-		for _, p := range chunks {
-			dst = compress.Encode(dst[:0], c, p)
-			out += int64(len(dst))
+		plain, out, el, err := encodeFile(path, chunk, c)
+		if err != nil {
+			return err
 		}
-		el := time.Since(start)
-		if base == 0 {
+		if k == 0 {
 			base = out
+			fmt.Fprintf(w, "%s: %s MiB in %s chunks, one core\n", path, mibNum(plain), formatSize(chunk))
+			fmt.Fprintf(tw, "codec\tstored MiB\tratio\tvs %s\tMB/s\t\n", compress.Default)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%.3f\t%+.1f %%\t%.0f\t\n", name, mibNum(out), float64(plain)/float64(out), 100*(float64(out)/float64(base)-1), float64(plain)/1e6/el.Seconds())
 	}
 	return tw.Flush()
+}
+
+// encodeFile encodes the file at path chunk by chunk with c, reading it
+// again for every codec so that a file of any size fits in memory; el
+// counts only the encoding.
+func encodeFile(path string, chunk int64, c compress.Codec) (plain, out int64, el time.Duration, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer f.Close()
+	buf := make([]byte, chunk)
+	var dst []byte
+	for {
+		n, rerr := io.ReadFull(f, buf)
+		if n > 0 {
+			start := time.Now()
+			dst = compress.Encode(dst[:0], c, buf[:n])
+			el += time.Since(start)
+			plain += int64(n)
+			out += int64(len(dst))
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return 0, 0, 0, fmt.Errorf("read %s: %w", path, rerr)
+		}
+	}
+	if plain == 0 {
+		return 0, 0, 0, fmt.Errorf("%s is empty", path)
+	}
+	return plain, out, el, nil
 }
