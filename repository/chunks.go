@@ -149,9 +149,15 @@ func (r *Repository) loadObject(ctx context.Context, key string, id ChunkID, max
 		return dst, err
 	}
 	defer r.putBuf(bp)
-	enc := *bp
+	return decodeObject(key, id, *bp, maxSize, dst)
+}
+
+// decodeObject appends the plaintext of enc, the stored object key, to dst
+// and checks that it hashes to id (so the codec's own checksum is not
+// checked again). Corruption wraps ErrCorrupt; on error dst is returned.
+func decodeObject(key string, id ChunkID, enc []byte, maxSize int, dst []byte) ([]byte, error) {
 	start := len(dst)
-	out, err := compress.DecodeWithoutChecksum(dst, enc, maxSize) // verified by its SHA-256 below
+	out, err := compress.DecodeWithoutChecksum(dst, enc, maxSize)
 	if err != nil {
 		return dst, fmt.Errorf("decode %s: %w: %w", key, err, ErrCorrupt)
 	}

@@ -141,12 +141,9 @@ func (r *Repository) recompressChunk(ctx context.Context, id ChunkID, target com
 	if err != nil {
 		return true, 0, 0, err
 	}
-	plain, err := compress.DecodeWithoutChecksum(nil, stored, r.cfg.ChunkSize) // verified by its SHA-256 below
+	plain, err := decodeObject(key, id, stored, r.cfg.ChunkSize, nil)
 	if err != nil {
-		return true, 0, 0, fmt.Errorf("decode: %w: %w", err, ErrCorrupt)
-	}
-	if r.HashChunk(plain) != id {
-		return true, 0, 0, fmt.Errorf("content does not match its id: %w", ErrCorrupt)
+		return true, 0, 0, err
 	}
 	enc := compress.Encode(nil, target, plain)
 	if len(enc) >= len(stored) {
