@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -251,6 +252,43 @@ func TestSummaryAndReport(t *testing.T) {
 	}
 }
 
+// TestReportFastCodec: with a fast codec the full backup is held to 3×
+// restic and its repository size is a cost; with -recompress the window
+// mode's pair is judged on the recompressed repository.
+func TestReportFastCodec(t *testing.T) {
+	res := newResults()
+	s := time.Second
+	res.add("vmbackup", []Phase{
+		{Step: stepFull, Wall: 4 * s, RepoBytes: 1060 << 20, InProcess: true},
+		{Step: stepRecompress, Wall: 9 * s, RepoBytes: 1010 << 20, Growth: -50 << 20, InProcess: true},
+		{Step: stepIncrCBT, Wall: s / 2, RepoBytes: 1070 << 20, Growth: 60 << 20, InProcess: true},
+	})
+	res.add("restic", []Phase{
+		{Step: stepFull, Wall: 10 * s, RepoBytes: 1000 << 20},
+		{Step: stepIncr, Wall: 5 * s, RepoBytes: 1100 << 20, Growth: 100 << 20},
+	})
+	var out bytes.Buffer
+	cfg := config{runs: 1, chunk: 256 << 10, codec: "s2", recomp: "zstd", seed: 1, fraction: 0.01}
+	ws := &workspace{size: 4 << 30, gen: 4 << 30, alloc: 2 << 30, blocks: 655}
+	report(&out, cfg, ws, []string{"vmbackup", "restic"}, res)
+	text := squeeze(out.String())
+	for _, line := range []string{
+		"codec s2 (vmbackup's full recompressed to zstd after it)",
+		"vmbackup recompress* 9.00 [9.00–9.00] 477 0.00 0.00 0.0 1010.0 -50.0",
+		"full with the fast codec (s2) ≥ 3.0× faster than restic 2.50× NOT MET",
+		"repository with s2 (the fast codec's cost) 1.060× restic's (cost)",
+		"window mode: full with s2 ≥ 2.0× faster than restic 2.50× met",
+		"window mode: repository after recompressing to zstd at most 2 % larger than restic's 1.010× restic's met",
+	} {
+		if !strings.Contains(text, line) {
+			t.Errorf("report lacks %q:\n%s", line, text)
+		}
+	}
+	if strings.Contains(text, "full ≥ 2.0×") {
+		t.Errorf("report holds the fast codec to the default codec's target:\n%s", text)
+	}
+}
+
 // TestBenchRef runs the whole program on a small image with the reference
 // pipeline only (peers are skipped in tests), through child processes.
 func TestBenchRef(t *testing.T) {
@@ -296,6 +334,34 @@ func TestBenchVMBackup(t *testing.T) {
 	for _, want := range []string{"vmbackup full*", "vmbackup restore", "identical", "vmbackup incr-cbt: incremental", "speed-up full"} {
 		if !strings.Contains(squeeze(out.String()), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// TestBenchWindowMode runs vmbackup with the fast codec and -recompress:
+// the recompression shrinks the repository and the restore, which then
+// reads chunks of both codecs, is still identical.
+func TestBenchWindowMode(t *testing.T) {
+	if !repositoryWorks() {
+		t.Skip("repository not implemented yet")
+	}
+	var out, errs bytes.Buffer
+	err := run(context.Background(), []string{"-size", "8MiB", "-runs", "1", "-tools", "vmbackup", "-codec", "s2", "-recompress", "zstd", "-dir", t.TempDir()}, &out, &errs)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errs.String())
+	}
+	text := squeeze(out.String())
+	for _, want := range []string{"vmbackup recompress*", "chunks rewritten to zstd", "vmbackup restore", "identical"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if !regexp.MustCompile(`vmbackup recompress\* .* -[0-9.]+ [0-9]+`).MatchString(text) {
+		t.Errorf("recompression did not shrink the repository:\n%s", out.String())
+	}
+	for _, args := range [][]string{{"-recompress", "zstd"}, {"-codec", "s2", "-recompress", "nope"}, {"-codec", "s2", "-recompress", "zstd", "-matrix"}} {
+		if err := run(context.Background(), args, &out, &errs); err == nil || !strings.Contains(err.Error(), "-recompress") {
+			t.Errorf("run(%q) = %v, want an error naming -recompress", args, err)
 		}
 	}
 }

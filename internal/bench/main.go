@@ -91,6 +91,7 @@ type config struct {
 	keep      bool
 	chunk     int64
 	codec     string
+	recomp    string // -recompress: codec vmbackup's full is rewritten to after it
 	tools     []string
 	seed      int64
 	fraction  float64
@@ -135,6 +136,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the work directory")
 	fs.StringVar(&chunk, "chunk", formatSize(repository.DefaultChunkSize), "vmbackup and ref chunk size")
 	fs.StringVar(&cfg.codec, "codec", compress.Default, "vmbackup and ref codec: "+strings.Join(compress.Names(), ", "))
+	fs.StringVar(&cfg.recomp, "recompress", "", "after vmbackup's full backup, rewrite its chunks with this codec and time it (the backup-window mode: -codec s2 -recompress zstd)")
 	fs.StringVar(&tools, "tools", "vmbackup,restic,borg,ref", "tools to run, comma-separated")
 	fs.Int64Var(&cfg.seed, "seed", 1, "image seed")
 	fs.Float64Var(&cfg.fraction, "fraction", 0.01, "fraction of 64 KiB blocks the mutation rewrites")
@@ -173,6 +175,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if _, err := compress.Lookup(cfg.codec); err != nil {
 		return err
 	}
+	if cfg.recomp != "" {
+		if _, err := compress.Lookup(cfg.recomp); err != nil {
+			return fmt.Errorf("-recompress: %w", err)
+		}
+		if cfg.recomp == cfg.codec {
+			return fmt.Errorf("-recompress %s: the same as -codec; give the fast codec with -codec (e.g. -codec s2 -recompress zstd)", cfg.recomp)
+		}
+	}
 	if st.name != "" {
 		return runStep(ctx, cfg, st, stdout)
 	}
@@ -183,6 +193,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if !slices.Contains(profileSteps, cfg.profStep) {
 		return fmt.Errorf("-profile-step %q: want one of %s", cfg.profStep, strings.Join(profileSteps, ", "))
+	}
+	if cfg.matrix && cfg.recomp != "" {
+		return fmt.Errorf("-recompress: not with -matrix")
 	}
 	if cfg.pad != 0 && cfg.pad < cfg.size {
 		return fmt.Errorf("-pad %s: smaller than -size %s", formatSize(cfg.pad), formatSize(cfg.size))
@@ -432,6 +445,11 @@ func vmbackupRound(ctx context.Context, cfg config, ws *workspace, run int, chun
 	}
 	args := append(common(ws, chunk, codec), "-step", "vmbackup-chain", "-image", work, "-repo", repo,
 		"-phases", strings.Join(phases, ","), "-fraction", strconv.FormatFloat(cfg.fraction, 'g', -1, 64))
+	want := len(phases)
+	if cfg.recomp != "" {
+		args = append(args, "-recompress", cfg.recomp)
+		want++
+	}
 	if cfg.clustered {
 		args = append(args, "-clustered")
 	}
@@ -445,8 +463,8 @@ func vmbackupRound(ctx context.Context, cfg config, ws *workspace, run int, chun
 	if err != nil {
 		return nil, err
 	}
-	if len(out) != len(phases) {
-		return nil, fmt.Errorf("vmbackup chain gave %d phases, want %d", len(out), len(phases))
+	if len(out) != want {
+		return nil, fmt.Errorf("vmbackup chain gave %d phases, want %d", len(out), want)
 	}
 	if !restore {
 		return out, nil
@@ -462,7 +480,11 @@ func vmbackupRound(ctx context.Context, cfg config, ws *workspace, run int, chun
 	if err := ws.settle(); err != nil {
 		return nil, err
 	}
-	rargs := append(common(ws, chunk, codec), "-step", "vmbackup-restore", "-repo", repo, "-point", out[1].Point, "-target", target)
+	i := slices.IndexFunc(out, func(p Phase) bool { return p.Step == stepIncrCBT })
+	if i < 0 {
+		return nil, fmt.Errorf("vmbackup chain made no %s point", stepIncrCBT)
+	}
+	rargs := append(common(ws, chunk, codec), "-step", "vmbackup-restore", "-repo", repo, "-point", out[i].Point, "-target", target)
 	if cfg.profile != "" && run == 1 && cfg.profStep == stepRestore {
 		rargs = append(rargs, "-cpuprofile", cfg.profile)
 	}
@@ -538,7 +560,7 @@ func runStep(ctx context.Context, cfg config, st step, stdout io.Writer) error {
 	switch st.name {
 	case "vmbackup-chain":
 		a := chainArgs{
-			image: st.image, repo: st.repo, chunk: cfg.chunk, codec: cfg.codec, mutSize: cfg.size,
+			image: st.image, repo: st.repo, chunk: cfg.chunk, codec: cfg.codec, recompress: cfg.recomp, mutSize: cfg.size,
 			fraction: cfg.fraction, clustered: cfg.clustered, mutSeed: mutSeed, hashSeed: hashSeed,
 			phases: strings.Split(st.phases, ","), cpuProfile: cfg.profile, profileStep: cfg.profStep, drop: cfg.drop,
 		}

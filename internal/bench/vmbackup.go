@@ -30,6 +30,9 @@ const (
 	stepRestoreDirect = "restore-direct"
 	// stepFullPacks is ref's full backup into pack files.
 	stepFullPacks = "full-packs"
+	// stepRecompress is vmbackup's recompression of the full backup's
+	// chunks to -recompress, off the backup window.
+	stepRecompress = "recompress"
 )
 
 // profileSteps are the vmbackup steps -profile-step can name.
@@ -41,6 +44,7 @@ type chainArgs struct {
 	repo        string // directory of a new file:// repository
 	chunk       int64
 	codec       string
+	recompress  string // codec the full point's chunks are rewritten to after it; "" for none
 	fraction    float64
 	mutSize     int64 // the mutations touch the first mutSize bytes
 	clustered   bool
@@ -139,6 +143,26 @@ func vmbackupChain(ctx context.Context, a chainArgs) ([]Phase, error) {
 	}
 	if err := run(stepFull); err != nil {
 		return nil, err
+	}
+	if a.recompress != "" {
+		// The window mode: the full backup stored -codec inside the
+		// window; after it, the chunks it added are rewritten with the
+		// stronger codec, as a plan's Compression.RecompressTo does.
+		if err := settle(a.drop); err != nil {
+			return nil, err
+		}
+		m := startPhase()
+		rep, err := repo.Recompress(ctx, &repository.RecompressOptions{Codec: a.recompress, Points: []string{out[0].Point}})
+		p := m.stop(stepRecompress)
+		if err != nil {
+			return nil, fmt.Errorf("recompress: %w", err)
+		}
+		p.Note = fmt.Sprintf("%d of %d chunks rewritten to %s, %s to %s", rep.Rewritten, rep.Chunks, a.recompress, mib(rep.BytesBefore), mib(rep.BytesAfter))
+		if p.RepoBytes, p.RepoFiles, err = dirUsage(a.repo); err != nil {
+			return nil, err
+		}
+		p.Growth, before = p.RepoBytes-before, p.RepoBytes
+		out = append(out, p)
 	}
 	if slices.Contains(a.phases, stepIncrCBT) {
 		if err := mutate(a.mutSeed); err != nil {
