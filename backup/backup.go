@@ -108,7 +108,7 @@ func (s *Service) jobLimits(req Request) (Limits, error) {
 // newJob returns a job of kind with a new id, not yet started.
 func (s *Service) newJob(kind JobKind, planID string, manual bool) *Job {
 	now := s.now()
-	return &Job{ID: newJobID(now), Kind: kind, PlanID: planID, Manual: manual, State: JobPending, created: now, seq: s.jobSeq.Add(1)}
+	return &Job{ID: newJobID(now), Kind: kind, PlanID: planID, Manual: manual, State: JobPending, created: now, seq: s.jobSeq.Add(1), beat: &heartbeat{}}
 }
 
 // backupJob runs job as the backup of the VMs ids.

@@ -97,5 +97,8 @@
 // Config.HistoryLimit per plan; see [Service.History] and
 // [Service.PlanStatus]. After a restart, StartPlans reads each plan's last
 // run from the history, so the Scheduler reports the runs missed meanwhile
-// and makes one catch-up run.
+// and makes one catch-up run. A running job rewrites its record every
+// Config.JobHeartbeat, so when its process or its host dies, the next
+// Service to read the record, on any host, marks the job failed
+// ("interrupted") instead of leaving it running forever.
 package backup

@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"gocloud.dev/blob"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/vmbackup/vmbackup/hypervisor"
 	"github.com/vmbackup/vmbackup/repository"
+	"github.com/vmbackup/vmbackup/schedule"
 )
 
 // JobRecord is the job history's account of one job, or of one scheduled
@@ -31,8 +33,12 @@ import (
 // The inverted creation time (math.MaxInt64 minus Unix nanoseconds, 19
 // digits) and sequence number (within the Service, 16 hex digits) make a
 // listing start with the newest record. A job's record is written when
-// the job is created (pending), when it starts (running) and when it ends;
-// the newest Config.HistoryLimit records of each plan are kept.
+// the job is created (pending), when it starts (running), every
+// Config.JobHeartbeat while it is pending or running, and when it ends;
+// the newest Config.HistoryLimit records of each plan are kept. A pending
+// or running record whose process is gone (it ended, on this host, or it
+// stopped rewriting the record, on any host) is marked failed
+// ("interrupted") by the first Service that reads it.
 type JobRecord struct {
 	ID     string   `json:"id"`
 	Kind   JobKind  `json:"kind"`
@@ -66,6 +72,13 @@ type JobRecord struct {
 	// finishing it (a crash) from one still going (see StartPlans).
 	Host string `json:"host,omitempty"`
 	PID  int    `json:"pid,omitempty"`
+	// Updated is when the job's process last wrote the record, on its
+	// clock, and Heartbeat how often it rewrites the record while the job
+	// is pending or running (Config.JobHeartbeat). Such a record that
+	// has not been rewritten for staleBeats heartbeats belongs to a
+	// process that is gone, on whichever host.
+	Updated   time.Time     `json:"updated,omitzero"`
+	Heartbeat time.Duration `json:"heartbeat,omitempty"`
 }
 
 // VMRecord is a VMResult as the history keeps it.
@@ -112,18 +125,40 @@ type history struct {
 	bucket *blob.Bucket
 	limit  int
 	log    *slog.Logger
-	host   string // this process's, for JobRecord.Host
+	host   string           // this process's, for JobRecord.Host
+	now    func() time.Time // the Service's clock
 }
 
 // interruptScan is how many of a plan's newest job records StartPlans
-// looks at for jobs whose process ended.
+// reads, settling those of jobs whose process is gone.
 const interruptScan = 20
 
-// markInterrupted rewrites, among planID's newest job records, those that
-// a process on this host left pending or running and that is gone, as
-// failed: "interrupted". Records of other hosts, and of processes that
-// still run, are left alone.
-func (h *history) markInterrupted(ctx context.Context, planID string, now time.Time) error {
+// staleBeats is how many heartbeats a pending or running record may miss
+// before its job is taken for interrupted: a few failed writes of a live
+// process, or clocks a little apart, do not make its job look dead.
+const staleBeats = 5
+
+// abandoned says why the job of rec, pending or running, is not going on
+// any more, or "" if it may be: a process on this host that has ended, or
+// a record of any other process not rewritten for staleBeats heartbeats
+// (its host down or cut off). Records without a heartbeat, from before it
+// existed, are judged by their process only.
+func (h *history) abandoned(rec *JobRecord, now time.Time) string {
+	if rec.Final() || rec.Host == h.host && rec.PID == os.Getpid() {
+		return ""
+	}
+	if rec.Host == h.host && !processAlive(rec.PID) {
+		return fmt.Sprintf("interrupted: process %d on %s ended before the job did", rec.PID, rec.Host)
+	}
+	if rec.Heartbeat > 0 && !rec.Updated.IsZero() && now.Sub(rec.Updated) > staleBeats*rec.Heartbeat {
+		return fmt.Sprintf("interrupted: process %d on %s stopped updating the job at %s", rec.PID, rec.Host, rec.Updated.UTC().Format(time.RFC3339))
+	}
+	return ""
+}
+
+// markInterrupted settles planID's newest job records: reading a record
+// marks it failed if its job is abandoned (see read).
+func (h *history) markInterrupted(ctx context.Context, planID string) error {
 	keys, err := h.keys(ctx, planID)
 	if err != nil {
 		return err
@@ -136,26 +171,9 @@ func (h *history) markInterrupted(ctx context.Context, planID string, now time.T
 		if seen++; seen > interruptScan {
 			break
 		}
-		rec, err := h.read(ctx, k)
-		if err != nil {
+		if _, err := h.read(ctx, k); err != nil {
 			return err
 		}
-		if rec == nil || rec.Final() || rec.Host != h.host || rec.PID == os.Getpid() || processAlive(rec.PID) {
-			continue
-		}
-		why := fmt.Sprintf("interrupted: process %d on %s ended before the job did", rec.PID, rec.Host)
-		rec.State, rec.Finished = JobFailed, now
-		if rec.Reason != "" {
-			why = rec.Reason + "; " + why
-		}
-		rec.Reason = why
-		for i := range rec.VMs {
-			if v := &rec.VMs[i]; v.State == VMPending || v.State == VMRunning {
-				v.State, v.Error = VMFailed, "interrupted"
-			}
-		}
-		h.write(ctx, k, rec)
-		h.log.Warn("job history: job of an ended process marked failed", "record", rec.ID, "plan", planID, "pid", rec.PID)
 	}
 	return nil
 }
@@ -306,13 +324,36 @@ func (h *history) read(ctx context.Context, key string) (*JobRecord, error) {
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return nil, fmt.Errorf("record %s: %w", key, err)
 	}
+	if why := h.abandoned(&rec, h.now()); why != "" {
+		h.settle(ctx, key, &rec, why)
+	}
 	return &rec, nil
+}
+
+// settle rewrites rec, kept at key, whose job is abandoned for reason why,
+// as failed: "interrupted". A record is settled by whichever Service reads
+// it first, so the history never shows a job as running forever.
+func (h *history) settle(ctx context.Context, key string, rec *JobRecord, why string) {
+	rec.State, rec.Finished = JobFailed, h.now()
+	if rec.Reason != "" {
+		why = rec.Reason + "; " + why
+	}
+	rec.Reason = why
+	for i := range rec.VMs {
+		if v := &rec.VMs[i]; v.State == VMPending || v.State == VMRunning {
+			v.State, v.Error = VMFailed, "interrupted"
+		}
+	}
+	h.write(ctx, key, rec)
+	h.log.Warn("job history: job of a gone process marked failed", "record", rec.ID, "plan", rec.PlanID, "host", rec.Host, "pid", rec.PID)
 }
 
 // History returns the job records of plan planID ("" for jobs of no plan:
 // restores and backups not asked by a plan), newest first, at most n of
 // them (n ≤ 0: all that are kept). Skipped and missed scheduled runs are
-// records too, with State JobSkipped and the reason.
+// records too, with State JobSkipped and the reason. Records of jobs
+// whose process is gone are marked failed ("interrupted") as they are
+// read (see JobRecord).
 func (s *Service) History(ctx context.Context, planID string, n int) ([]JobRecord, error) {
 	s.waitWrites() // records of scheduler events still being written
 	recs, err := s.history.list(ctx, planID, n)
@@ -322,12 +363,13 @@ func (s *Service) History(ctx context.Context, planID string, n int) ([]JobRecor
 	return recs, nil
 }
 
-// record writes job's record as it is now.
+// record writes job's record as it is now. While the job is pending or
+// running, its heartbeat rewrites that record every Config.JobHeartbeat.
 func (s *Service) record(job *Job) {
 	rec := &JobRecord{
 		ID: job.ID, Kind: job.Kind, PlanID: job.PlanID, Manual: job.Manual, State: job.State,
 		Created: job.created, Started: job.Started, Finished: job.Finished,
-		Host: s.history.host, PID: os.Getpid(),
+		Host: s.history.host, PID: os.Getpid(), Heartbeat: s.cfg.JobHeartbeat,
 	}
 	if run := job.run; run != nil {
 		rec.Due, rec.Full, rec.CatchUp, rec.Reason, rec.Retention, rec.Recompress = run.due, run.full, run.catchUp, run.reason, run.retention, run.recompress
@@ -338,7 +380,60 @@ func (s *Service) record(job *Job) {
 	if job.Err != nil {
 		rec.Error = job.Err.Error()
 	}
+	b := job.beat
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	rec.Updated = s.now()
 	s.history.put(context.Background(), rec, job.seq)
+	if rec.Final() {
+		b.done = true
+		if b.timer != nil {
+			b.timer.Stop()
+		}
+		return
+	}
+	b.rec = rec
+	if b.timer == nil && !b.done {
+		b.timer = s.cfg.Clock.AfterFunc(s.cfg.JobHeartbeat, func() { s.beat(job) })
+	}
+}
+
+// heartbeat is the state of a job's record rewrites. Its mutex orders them
+// with the job's own record writes, so a rewrite never lands after the
+// final record.
+type heartbeat struct {
+	mu    sync.Mutex
+	rec   *JobRecord // the newest record written, while not final
+	timer schedule.Timer
+	done  bool // the final record is written
+}
+
+// beat rewrites job's newest record with a new Updated time and arms the
+// next beat. It runs on the Clock's timer (inside FakeClock.Advance in
+// tests), so the write goes to its own goroutine, counted for History and
+// Close like the records of scheduler events.
+func (s *Service) beat(job *Job) {
+	s.schedMu.Lock()
+	s.writing++
+	s.schedMu.Unlock()
+	go func() {
+		defer func() {
+			s.schedMu.Lock()
+			s.writing--
+			s.idle.Broadcast()
+			s.schedMu.Unlock()
+		}()
+		b := job.beat
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.done {
+			return
+		}
+		rec := *b.rec
+		rec.Updated = s.now()
+		s.history.put(context.Background(), &rec, job.seq)
+		b.timer = s.cfg.Clock.AfterFunc(s.cfg.JobHeartbeat, func() { s.beat(job) })
+	}()
 }
 
 func isNotFound(err error) bool { return err != nil && gcerrors.Code(err) == gcerrors.NotFound }

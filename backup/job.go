@@ -70,9 +70,10 @@ type Job struct {
 	// Err aggregates the VMs' errors (a *multierror.Error), or is nil.
 	Err error
 
-	created time.Time // when the job was made: its history record's time
-	seq     uint64    // the Service's count of jobs made, for the record's key
-	run     *planRun  // the plan run that made the job, if any
+	created time.Time  // when the job was made: its history record's time
+	seq     uint64     // the Service's count of jobs made, for the record's key
+	run     *planRun   // the plan run that made the job, if any
+	beat    *heartbeat // rewrites the job's record while it is pending or running
 }
 
 // VMResult is what a job did for one VM.

@@ -96,8 +96,9 @@ type PlanStatus struct {
 
 // StartPlans makes the Scheduler run every plan of Config.Plans by itself,
 // each according to its State, and catches up (once) on runs missed since
-// the plan's last run in the history. Records of jobs that a process on
-// this host left pending or running, and that is gone, become failed
+// the plan's last run in the history. Records of jobs left pending or
+// running by a process that is gone (ended, on this host; no longer
+// rewriting its records, on any host: Config.JobHeartbeat) become failed
 // ("interrupted"). Call it again to pick up plans that
 // other processes changed; plans changed through PutPlan, SetPlanState,
 // DeletePlan and RemoveVMFromPlan are rescheduled at once. Close stops the
@@ -155,7 +156,7 @@ func (s *Service) schedulePlanLocked(ctx context.Context, p plan.Plan) error {
 	if _, ok := s.started[p.ID]; !ok {
 		// First start in this process: settle the records of jobs whose
 		// process ended, and look up the last run for catch-up.
-		if err := s.history.markInterrupted(ctx, p.ID, s.now()); err != nil {
+		if err := s.history.markInterrupted(ctx, p.ID); err != nil {
 			return fmt.Errorf("plan %q: history: %w", p.ID, err)
 		}
 		rec, err := s.history.newest(ctx, p.ID, false, func(r *JobRecord) bool { return !r.Due.IsZero() })

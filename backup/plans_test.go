@@ -779,8 +779,10 @@ func TestRecompressAfterWindow(t *testing.T) {
 
 // TestInterruptedJobsSettled writes the records a crashed process would
 // leave (running, by a process that is gone) beside ones of a live process
-// and of another host, and checks that StartPlans marks only the first
-// failed, and that its due time still counts as the last run.
+// and of other hosts, and checks that StartPlans marks failed those of the
+// ended process and of the host whose heartbeat stopped, that a record
+// whose heartbeat is recent is settled once it goes stale, and that the
+// failed run's due time still counts as the last run.
 func TestInterruptedJobsSettled(t *testing.T) {
 	ctx := context.Background()
 	clock := schedule.NewFakeClock(monday.Add(12*time.Hour + 30*time.Minute))
@@ -795,13 +797,24 @@ func TestInterruptedJobsSettled(t *testing.T) {
 		t.Skipf("no process to outlive: %v", err)
 	}
 	host, _ := os.Hostname()
+	now := clock.Now()
 	for i, r := range []struct {
 		id, host string
 		pid      int
-	}{{"job-live", host, os.Getppid()}, {"job-elsewhere", "other-host", ended.ProcessState.Pid()}, {"job-crashed", host, ended.ProcessState.Pid()}} {
-		at := monday.Add(time.Duration(10+i) * time.Hour)
+		updated  time.Time // with a heartbeat of a minute, if set
+	}{
+		{"job-live", host, os.Getppid(), time.Time{}},
+		{"job-elsewhere", "other-host", ended.ProcessState.Pid(), time.Time{}},
+		{"job-beating", "host-b", 4242, now.Add(-2 * time.Minute)},
+		{"job-stale", "host-c", 4343, now.Add(-6 * time.Minute)},
+		{"job-crashed", host, ended.ProcessState.Pid(), time.Time{}},
+	} {
+		at := monday.Add(time.Duration(8+i) * time.Hour)
 		rec := backup.JobRecord{ID: r.id, Kind: backup.KindBackup, PlanID: p.ID, State: backup.JobRunning, Due: at, Created: at, Started: at,
 			VMs: []backup.VMRecord{{VMID: a.ID, State: backup.VMRunning}}, Host: r.host, PID: r.pid}
+		if !r.updated.IsZero() {
+			rec.Updated, rec.Heartbeat = r.updated, time.Minute
+		}
 		data, err := json.Marshal(rec)
 		if err != nil {
 			t.Fatal(err)
@@ -821,10 +834,77 @@ func TestInterruptedJobsSettled(t *testing.T) {
 	})
 	want := []string{
 		fmt.Sprintf("job-crashed due 12:00 failed interrupted: process %d on %s ended before the job did", ended.ProcessState.Pid(), host),
-		"job-elsewhere due 11:00 running ",
-		"job-live due 10:00 running ",
+		"job-stale due 11:00 failed interrupted: process 4343 on host-c stopped updating the job at 2027-03-08T12:24:00Z",
+		"job-beating due 10:00 running ",
+		"job-elsewhere due 09:00 running ",
+		"job-live due 08:00 running ",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("history (-want +got):\n%s", diff)
+	}
+	// host-b's heartbeat stops too: reading the history settles it.
+	clock.Advance(4 * time.Minute)
+	got = e.history(t, p.ID, func(r backup.JobRecord) string { return r.ID + " " + string(r.State) })
+	if want := []string{"job-crashed failed", "job-stale failed", "job-beating failed", "job-elsewhere running", "job-live running"}; !slices.Equal(got, want) {
+		t.Errorf("history after host-b's heartbeat stopped: %q, want %q", got, want)
+	}
+}
+
+// TestJobHeartbeat: while a job runs, its record is rewritten every
+// JobHeartbeat with the time, so other hosts can tell it is alive; once it
+// ends, no heartbeat overwrites its final record.
+func TestJobHeartbeat(t *testing.T) {
+	ctx := context.Background()
+	clock := schedule.NewFakeClock(monday.Add(12 * time.Hour))
+	e := newEnv(t, "mem", nil, backup.Config{Clock: clock, JobHeartbeat: time.Minute})
+	a := e.addLabelledVM(t, "a", nil, 1)
+	timers := clock.Timers()
+	e.hv.Inject(fake.Fault{Op: fake.OpSnapshot, Delay: time.Hour}) // until the job is cancelled
+	jctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.svc.Backup(jctx, backup.Request{VMIDs: []string{a.ID}, Manual: true})
+		done <- err
+	}()
+	newest := func() backup.JobRecord {
+		t.Helper()
+		recs, err := e.svc.History(ctx, "", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) != 1 {
+			t.Fatalf("%d records, want 1", len(recs))
+		}
+		return recs[0]
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
+		if recs, _ := e.svc.History(ctx, "", 1); len(recs) == 1 && recs[0].State == backup.JobRunning {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the job never ran")
+		}
+	}
+	start := clock.Now()
+	if r := newest(); !r.Updated.Equal(start) || r.Heartbeat != time.Minute {
+		t.Errorf("running record: updated %v, heartbeat %v; want %v, 1m", r.Updated, r.Heartbeat, start)
+	}
+	for i := 1; i <= 3; i++ {
+		clock.Advance(time.Minute)
+		if r := newest(); r.State != backup.JobRunning || !r.Updated.Equal(clock.Now()) {
+			t.Errorf("after %d heartbeats: %s, updated %v; want running, updated %v", i, r.State, r.Updated, clock.Now())
+		}
+	}
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("cancelled backup succeeded")
+	}
+	final := newest()
+	clock.Advance(10 * time.Minute)
+	if r := newest(); r.State != backup.JobCancelled || !r.Updated.Equal(final.Updated) {
+		t.Errorf("record after the job ended and 10 heartbeats: %s, updated %v; want cancelled, updated %v", r.State, r.Updated, final.Updated)
+	}
+	if n := clock.Timers(); n != timers {
+		t.Errorf("%d timers on the clock after the job, want %d: the heartbeat was not stopped", n, timers)
 	}
 }

@@ -42,6 +42,9 @@ const (
 	// DefaultGCInterval is the least time between two garbage collections
 	// started by retention.
 	DefaultGCInterval = time.Hour
+	// DefaultJobHeartbeat is how often a pending or running job's record
+	// is rewritten.
+	DefaultJobHeartbeat = time.Minute
 )
 
 // DefaultWorkers is the number of chunks of one disk processed at once when
@@ -120,6 +123,13 @@ type Config struct {
 	// the Service starts after retention forgot points; GC reads every
 	// manifest and index, so it is batched. 0 means DefaultGCInterval.
 	GCInterval time.Duration
+	// JobHeartbeat is how often the record of a pending or running job is
+	// rewritten (JobRecord.Updated), so that a Service started later, on
+	// this host or another one, can tell a job whose process or host went
+	// down: one not rewritten for 5 heartbeats is marked failed
+	// ("interrupted"). Hosts' clocks must agree to well within that.
+	// 0 means DefaultJobHeartbeat.
+	JobHeartbeat time.Duration
 }
 
 // Service runs backup and restore jobs. It is safe for concurrent use: jobs
@@ -197,6 +207,7 @@ func New(cfg Config) (*Service, error) {
 		{"MaxRestoreJobs", int64(cfg.MaxRestoreJobs)},
 		{"HistoryLimit", int64(cfg.HistoryLimit)},
 		{"GCInterval", int64(cfg.GCInterval)},
+		{"JobHeartbeat", int64(cfg.JobHeartbeat)},
 	} {
 		if f.v < 0 {
 			bad(f.name, "is %d, must be >= 0", f.v)
@@ -226,6 +237,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.GCInterval == 0 {
 		cfg.GCInterval = DefaultGCInterval
 	}
+	if cfg.JobHeartbeat == 0 {
+		cfg.JobHeartbeat = DefaultJobHeartbeat
+	}
 	if cfg.Plans == nil {
 		cfg.Plans = plan.NewBlobStore(cfg.Repository.Bucket(), &plan.BlobStoreOptions{LocalDir: cfg.Repository.LocalDir()})
 	}
@@ -253,7 +267,7 @@ func New(cfg Config) (*Service, error) {
 		backupSlots:  semaphore.NewWeighted(int64(cfg.MaxBackupJobs)),
 		restoreSlots: semaphore.NewWeighted(int64(cfg.MaxRestoreJobs)),
 		plans:        cfg.Plans,
-		history:      &history{bucket: cfg.Repository.Bucket(), limit: cfg.HistoryLimit, log: cfg.Logger, host: hostname()},
+		history:      &history{bucket: cfg.Repository.Bucket(), limit: cfg.HistoryLimit, log: cfg.Logger, host: hostname(), now: cfg.Now},
 		started:      map[string]int64{},
 		overrun:      map[string]string{},
 		waited:       map[string]waitNote{},
