@@ -410,19 +410,9 @@ type heartbeat struct {
 
 // beat rewrites job's newest record with a new Updated time and arms the
 // next beat. It runs on the Clock's timer (inside FakeClock.Advance in
-// tests), so the write goes to its own goroutine, counted for History and
-// Close like the records of scheduler events.
+// tests), so the write goes to its own goroutine (goWrite).
 func (s *Service) beat(job *Job) {
-	s.schedMu.Lock()
-	s.writing++
-	s.schedMu.Unlock()
-	go func() {
-		defer func() {
-			s.schedMu.Lock()
-			s.writing--
-			s.idle.Broadcast()
-			s.schedMu.Unlock()
-		}()
+	s.goWrite(func() {
 		b := job.beat
 		b.mu.Lock()
 		defer b.mu.Unlock()
@@ -433,7 +423,7 @@ func (s *Service) beat(job *Job) {
 		rec.Updated = s.now()
 		s.history.put(context.Background(), &rec, job.seq)
 		b.timer = s.cfg.Clock.AfterFunc(s.cfg.JobHeartbeat, func() { s.beat(job) })
-	}()
+	})
 }
 
 func isNotFound(err error) bool { return err != nil && gcerrors.Code(err) == gcerrors.NotFound }

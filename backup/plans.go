@@ -612,9 +612,6 @@ func (s *Service) ScheduleEvent(e schedule.Event) {
 	case schedule.EventMissed:
 		reason = fmt.Sprintf("missed while the service was not running: %d runs due from %s to %s", e.Missed, e.First.Format(time.RFC3339), e.Due.Format(time.RFC3339))
 	}
-	if reason != "" {
-		s.writing++
-	}
 	s.schedMu.Unlock()
 	if reason == "" {
 		return
@@ -622,12 +619,24 @@ func (s *Service) ScheduleEvent(e schedule.Event) {
 	job := s.newJob(KindBackup, e.PlanID, false)
 	job.State, job.created = JobSkipped, e.At
 	job.run = &planRun{due: e.Due, full: e.Full, catchUp: e.CatchUp, reason: reason}
+	s.goWrite(func() { s.record(job) })
+}
+
+// goWrite runs write, a history record's write, in its own goroutine,
+// counted so that History and Close wait for it: callers run on a
+// Scheduler's or Clock's goroutine, which must not wait for the bucket.
+func (s *Service) goWrite(write func()) {
+	s.schedMu.Lock()
+	s.writing++
+	s.schedMu.Unlock()
 	go func() {
-		s.record(job)
-		s.schedMu.Lock()
-		s.writing--
-		s.idle.Broadcast()
-		s.schedMu.Unlock()
+		defer func() {
+			s.schedMu.Lock()
+			s.writing--
+			s.idle.Broadcast()
+			s.schedMu.Unlock()
+		}()
+		write()
 	}()
 }
 
