@@ -100,6 +100,15 @@ func vmbackupChain(ctx context.Context, a chainArgs) ([]Phase, error) {
 	}
 	var out []Phase
 	var before int64
+	// add records phase p with the repository's size after it.
+	add := func(p Phase) (err error) {
+		if p.RepoBytes, p.RepoFiles, err = dirUsage(a.repo); err != nil {
+			return err
+		}
+		p.Growth, before = p.RepoBytes-before, p.RepoBytes
+		out = append(out, p)
+		return nil
+	}
 	run := func(step string) error {
 		if err := settle(a.drop); err != nil {
 			return err
@@ -130,12 +139,7 @@ func vmbackupChain(ctx context.Context, a chainArgs) ([]Phase, error) {
 		}
 		p.Read, p.Stored, p.Point = r.BytesRead, r.BytesStored, r.PointID
 		p.Note = r.Kind + ": " + r.Reason
-		if p.RepoBytes, p.RepoFiles, err = dirUsage(a.repo); err != nil {
-			return err
-		}
-		p.Growth, before = p.RepoBytes-before, p.RepoBytes
-		out = append(out, p)
-		return nil
+		return add(p)
 	}
 	mutate := func(seed int64) error {
 		_, err := testimage.Mutate(ctx, diskWriter{hv, vm.ID, vm.Disks[0].ID}, a.mutSize, a.fraction, seed, a.clustered)
@@ -158,11 +162,9 @@ func vmbackupChain(ctx context.Context, a chainArgs) ([]Phase, error) {
 			return nil, fmt.Errorf("recompress: %w", err)
 		}
 		p.Note = fmt.Sprintf("%d of %d chunks rewritten to %s, %s to %s", rep.Rewritten, rep.Chunks, a.recompress, mib(rep.BytesBefore), mib(rep.BytesAfter))
-		if p.RepoBytes, p.RepoFiles, err = dirUsage(a.repo); err != nil {
+		if err := add(p); err != nil {
 			return nil, err
 		}
-		p.Growth, before = p.RepoBytes-before, p.RepoBytes
-		out = append(out, p)
 	}
 	if slices.Contains(a.phases, stepIncrCBT) {
 		if err := mutate(a.mutSeed); err != nil {
